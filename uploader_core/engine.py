@@ -1,0 +1,467 @@
+"""The scan/transaction engine: ``DataUploader``.
+
+One job is one event package. Its phases run strictly in order, each idempotent, so that a
+crash or a failure at any point leaves a state from which the next pass finishes the job
+exactly once:
+
+1. ``store_metadata``: upsert the record (pending), never a second row.
+2. ``transfer_files``: video, then JSON, each under a temporary name renamed into place.
+3. ``mark_completed``: the record says where the files are.
+4. archive: the video, then the JSON, move into ``uploaded_dir``. The JSON goes last because
+   it is the trigger: while it is still pending, the job will be seen again.
+
+The engine knows nothing of PostgreSQL or SFTP; plugins do that work through the hooks in
+:mod:`uploader_core.hookspecs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import filing
+from .config import disabled_plugins, validate
+from .errors import (
+    ConfigurationError,
+    EndpointUnavailable,
+    Interrupted,
+    PermanentJobError,
+    TransientError,
+    UploaderError,
+)
+from .job import Job, JobResult, Outcome, Phase, RecordState, TransferReceipt
+from .package import (
+    JSON_SUFFIX,
+    VIDEO_SUFFIX,
+    VideoMissing,
+    check_event_id,
+    read_package,
+)
+from .plugin_host import PluginHost
+from .retry import Backoff, RetrySchedule
+from .scanner import Candidate, SettleTracker, scan
+
+log = logging.getLogger("uploader")
+
+
+class _PassStopped(Exception):
+    """Internal: the rest of this pass would only fail against the same endpoint."""
+
+
+class DataUploader:
+    """Uploads event packages from the pending directory; see the module docstring.
+
+    ``config`` is the whole configuration dict; its ``uploader`` section is validated here,
+    with every problem named by its key path. ``plugins`` registers extra plugin objects
+    (name, object) before the entry points are loaded; ``load_entry_points=False`` builds an
+    engine from ``plugins`` alone (as tests with in-memory plugins do).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        plugins: Iterable[tuple[str, object]] = (),
+        load_entry_points: bool = True,
+    ) -> None:
+        self._host = PluginHost()
+        disabled = set(disabled_plugins(config))
+        for name, plugin in plugins:
+            if name not in disabled:
+                self._host.register(plugin, name)
+        if load_entry_points:
+            self._host.load_entry_points(disabled)
+        self.settings = validate(config, self._host.config_sections())
+        if not self._host.implements("transfer_files"):
+            raise ConfigurationError(
+                "no plugin transfers files; the built-in 'sftp' plugin may be disabled",
+                setting="uploader.plugins.disabled",
+            )
+        s = self.settings
+        self.pending_dir = Path(s["pending_upload_dir"])
+        self.uploaded_dir = Path(s["uploaded_dir"])
+        self.failed_dir = Path(s["failed_dir"])
+        self.scan_interval = float(s["scan_interval_seconds"])
+        self.orphan_timeout = float(s["orphan_timeout_seconds"])
+        self.max_metadata_bytes = int(s["max_metadata_bytes"])
+        backoff = Backoff(s["retry"]["initial_backoff_seconds"], s["retry"]["max_backoff_seconds"])
+        self._job_retries = RetrySchedule(backoff)
+        self._endpoint_retries = RetrySchedule(backoff)
+        self._settle = SettleTracker(float(s["settle_seconds"]))
+        self._reported: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._blocked_by: UploaderError | None = None
+        for key in ("pending_upload_dir", "uploaded_dir", "failed_dir"):
+            path = Path(s[key])
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot create directory {path}: {exc.strerror}",
+                                         setting=f"uploader.{key}") from exc
+        self._host.configure(s)
+
+    # --- public API
+
+    @property
+    def plugin_names(self) -> list[str]:
+        return self._host.names()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """The service loop: scan, process each job, sleep; until :meth:`request_stop`.
+
+        SIGTERM and SIGINT request a stop when ``run`` is called from the main thread.
+        """
+        restore = self._install_signal_handlers()
+        log.info("uploader started: watching %s (plugins: %s)", self.pending_dir,
+                 ", ".join(self.plugin_names))
+        try:
+            while not self._stop.is_set():
+                self.run_once()
+                if self._stop.is_set():
+                    break
+                self._stop.wait(self._next_delay())
+        finally:
+            restore()
+            self.close()
+            log.info("uploader stopped")
+
+    def run_once(self) -> list[JobResult]:
+        """One pass over the pending directory; what happened to each job seen."""
+        self._blocked_by = None
+        results: list[JobResult] = []
+        try:
+            candidates = scan(self.pending_dir)
+        except OSError as exc:
+            self._report("scan", logging.ERROR,
+                         f"cannot read pending directory {self.pending_dir}: {exc.strerror}")
+            return results
+        self._settle.prune({str(p) for c in candidates for p in (c.json_path, c.video_path)})
+        for candidate in candidates:
+            if self._stop.is_set():
+                break
+            try:
+                result = self._process_candidate(candidate)
+            except _PassStopped as stopped:
+                results.append(stopped.args[0])
+                break
+            if result is not None:
+                results.append(result)
+        if self._blocked_by is None:
+            for key in list(self._reported):
+                if key.startswith("endpoint:"):
+                    log.info("%s is reachable again", key.removeprefix("endpoint:"))
+                    del self._reported[key]
+            self._endpoint_retries.forget("endpoints")
+        return results
+
+    def request_stop(self) -> None:
+        """Stop soon; thread-safe. A transfer in flight is abandoned and retried later."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._host.interrupt()
+
+    def close(self) -> None:
+        self._host.shutdown()
+
+    def init_storage(self) -> None:
+        self._host.init_storage()
+
+    def check(self) -> list[Any]:
+        return self._host.check()
+
+    def __enter__(self) -> DataUploader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- one job
+
+    def _process_candidate(self, c: Candidate) -> JobResult | None:
+        stem = c.stem
+        wait = self._job_retries.wait_left(stem)
+        if wait > 0:
+            return JobResult(event_id=stem, outcome=Outcome.WAITING,
+                             reason=f"retrying in {wait:.0f} s")
+        try:
+            jst = os.lstat(c.json_path)
+        except FileNotFoundError:
+            return None
+        settled = self._settle.settled(c.json_path, jst)
+        video_st = None
+        with contextlib.suppress(FileNotFoundError):
+            video_st = os.lstat(c.video_path)
+        if video_st is not None:
+            settled = self._settle.settled(c.video_path, video_st) and settled
+        if not settled:
+            return JobResult(event_id=stem, outcome=Outcome.WAITING, reason="settling")
+
+        try:
+            check_event_id(stem)
+        except PermanentJobError as exc:
+            return self._quarantine(stem, [c.video_path, c.json_path], exc, Phase.READ)
+
+        if video_st is None:
+            return self._video_missing(c, jst)
+        try:
+            job = read_package(c.json_path, c.video_path,
+                               max_metadata_bytes=self.max_metadata_bytes)
+        except FileNotFoundError:
+            return None
+        except VideoMissing:
+            return JobResult(event_id=stem, outcome=Outcome.WAITING, reason="video missing")
+        except PermanentJobError as exc:
+            return self._quarantine(stem, [c.video_path, c.json_path], exc, Phase.READ)
+        self._reported.pop(f"orphan:{stem}", None)
+        return self._transact(job)
+
+    def _transact(self, job: Job) -> JobResult:
+        phase = Phase.PRE_UPLOAD
+        try:
+            self._host.pre_upload(job)
+            self._check_stop()
+            phase = Phase.STORE_METADATA
+            states = self._host.store_metadata(job)
+            if states and all(s is RecordState.COMPLETED for s in states):
+                log.info("%s was already completed; archiving it", job.event_id)
+            else:
+                self._check_stop()
+                phase = Phase.TRANSFER
+                receipts = self._transfer(job)
+                self._check_stop()
+                phase = Phase.MARK_COMPLETED
+                self._host.mark_completed(job, receipts)
+        except Exception as exc:
+            return self._failed(job.event_id, phase, exc,
+                                [job.video_path, job.json_path])
+        return self._archive(job)
+
+    def _transfer(self, job: Job) -> list[TransferReceipt]:
+        def progress(done: int, total: int) -> None:
+            if self._stop.is_set():
+                raise Interrupted(f"transfer of {job.event_id} abandoned: the uploader is stopping")
+
+        receipts = self._host.transfer_files(job, progress)
+        if not receipts:
+            raise ConfigurationError("no plugin returned a transfer receipt for "
+                                     f"{job.event_id}; is a transfer plugin enabled?")
+        try:
+            st = os.lstat(job.video_path)
+        except FileNotFoundError as exc:
+            raise TransientError(f"video {job.video_path.name} vanished during upload") from exc
+        if st.st_size != job.video_size or st.st_mtime_ns != job.video_mtime_ns:
+            raise TransientError(f"video {job.video_path.name} changed during upload; "
+                                 "it will be uploaded again")
+        return receipts
+
+    def _archive(self, job: Job) -> JobResult:
+        try:
+            filing.move_into(job.video_path, self.uploaded_dir)
+        except FileNotFoundError:
+            # Only after a crash between the two moves or a hand-made change: the video is
+            # already archived or gone; the record says the job is complete.
+            pass
+        except OSError as exc:
+            return self._archive_failed(job, exc)
+        try:
+            filing.move_into(job.json_path, self.uploaded_dir)
+        except FileNotFoundError:
+            # Deleted while the job ran; its bytes were read and uploaded, so keep them.
+            self._write_archived_document(job)
+        except OSError as exc:
+            return self._archive_failed(job, exc)
+        self._job_retries.succeeded(job.event_id)
+        self._forget_reports(job.event_id)
+        log.info("%s uploaded and archived", job.event_id)
+        self._host.post_archive(job)
+        return JobResult(event_id=job.event_id, outcome=Outcome.COMPLETED)
+
+    def _write_archived_document(self, job: Job) -> None:
+        dest = self.uploaded_dir / f"{job.event_id}{JSON_SUFFIX}"
+        tmp = self.uploaded_dir / f".{job.event_id}{JSON_SUFFIX}.writing"
+        with open(tmp, "wb") as out:
+            out.write(job.document)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+        filing.fsync_dir(self.uploaded_dir)
+        log.warning("%s was deleted from the pending directory during its upload; the "
+                    "uploaded copy was written to the archive", job.json_path.name)
+
+    def _archive_failed(self, job: Job, exc: OSError) -> JobResult:
+        delay = self._job_retries.failed(job.event_id)
+        message = (f"{job.event_id} is uploaded and recorded, but moving it into "
+                   f"{self.uploaded_dir} failed: {exc.strerror or exc}; the files stay in "
+                   f"{self.pending_dir} and archiving is retried in {delay:.0f} s "
+                   "(setting: uploader.uploaded_dir)")
+        self._report(f"job:{job.event_id}", logging.ERROR, message)
+        return JobResult(event_id=job.event_id, outcome=Outcome.RETRY, phase=Phase.ARCHIVE,
+                         reason=message)
+
+    def _video_missing(self, c: Candidate, jst: os.stat_result) -> JobResult:
+        stem = c.stem
+        archived_video = self.uploaded_dir / f"{stem}{VIDEO_SUFFIX}"
+        if os.path.lexists(archived_video):
+            return self._finish_interrupted_archive(c, archived_video)
+        failed_video = self.failed_dir / f"{stem}{VIDEO_SUFFIX}"
+        if os.path.lexists(failed_video) and os.path.lexists(
+            self.failed_dir / f"{stem}.error.json"
+        ):
+            # A quarantine was interrupted between its two moves: finish it.
+            filing.move_into(c.json_path, self.failed_dir)
+            return JobResult(event_id=stem, outcome=Outcome.QUARANTINED, phase=Phase.READ,
+                             reason="finished an interrupted quarantine")
+        age = time.time() - jst.st_mtime_ns / 1e9
+        if age >= self.orphan_timeout:
+            exc = PermanentJobError(
+                f"video {stem}{VIDEO_SUFFIX} never appeared within "
+                f"{self.orphan_timeout:.0f} s (uploader.orphan_timeout_seconds)"
+            )
+            return self._quarantine(stem, [c.json_path], exc, Phase.READ)
+        key = f"orphan:{stem}"
+        if key not in self._reported:
+            self._report(key, logging.WARNING,
+                         f"{c.json_path.name} has no video {stem}{VIDEO_SUFFIX} yet; waiting up "
+                         f"to {self.orphan_timeout:.0f} s for it")
+        return JobResult(event_id=stem, outcome=Outcome.WAITING, reason="video missing")
+
+    def _finish_interrupted_archive(self, c: Candidate, archived_video: Path) -> JobResult:
+        """The video is archived but its JSON is still pending: a crash between the moves."""
+        try:
+            job = read_package(c.json_path, archived_video,
+                               max_metadata_bytes=self.max_metadata_bytes)
+            states = self._host.store_metadata(job)
+        except FileNotFoundError:
+            return JobResult(event_id=c.stem, outcome=Outcome.WAITING, reason="vanished")
+        except Exception as exc:
+            return self._failed(c.stem, Phase.ARCHIVE, exc, [c.json_path])
+        if any(s is RecordState.PENDING for s in states):
+            # The record does not confirm the upload: put the video back and upload again.
+            filing.move_into(archived_video, self.pending_dir)
+            log.warning("%s: its video was archived but its record is not completed; "
+                        "uploading it again", c.stem)
+            return JobResult(event_id=c.stem, outcome=Outcome.RETRY, phase=Phase.ARCHIVE,
+                             reason="video returned to the pending directory")
+        try:
+            filing.move_into(c.json_path, self.uploaded_dir)
+        except OSError as exc:
+            return self._archive_failed(job, exc)
+        log.info("%s: finished archiving after an interruption", c.stem)
+        self._job_retries.succeeded(c.stem)
+        return JobResult(event_id=c.stem, outcome=Outcome.COMPLETED, phase=Phase.ARCHIVE)
+
+    # --- failures
+
+    def _failed(self, stem: str, phase: Phase, exc: BaseException,
+                files: list[Path]) -> JobResult:
+        if isinstance(exc, PermanentJobError):
+            return self._quarantine(stem, files, exc, phase)
+        if isinstance(exc, Interrupted) or (self._stop.is_set()
+                                            and isinstance(exc, TransientError)):
+            log.info("%s: %s", stem, exc)
+            raise _PassStopped(JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase,
+                                         reason=str(exc)))
+        if isinstance(exc, (EndpointUnavailable, ConfigurationError)):
+            self._blocked_by = exc
+            delay = self._endpoint_retries.failed("endpoints")
+            endpoint = exc.endpoint or "an endpoint"
+            kind = ("needs attention" if isinstance(exc, ConfigurationError)
+                    else "is unavailable")
+            self._report(f"endpoint:{endpoint}", logging.ERROR,
+                         f"{endpoint} {kind} during {phase.value} of {stem}: {exc}; the pass "
+                         f"stops and resumes in {max(delay, self.scan_interval):.0f} s")
+            raise _PassStopped(JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase,
+                                         reason=str(exc)))
+        delay = self._job_retries.failed(stem)
+        if isinstance(exc, TransientError):
+            self._report(f"job:{stem}", logging.WARNING,
+                         f"{stem}: {phase.value} failed: {exc}; retrying in {delay:.0f} s")
+        else:
+            # A plugin bug must never cost the job: log it loudly and retry.
+            log.error("%s: unexpected error in %s; retrying in %.0f s", stem, phase.value,
+                      delay, exc_info=exc)
+        return JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase, reason=str(exc))
+
+    def _quarantine(self, stem: str, files: list[Path], exc: UploaderError,
+                    phase: Phase) -> JobResult:
+        reason = str(exc)
+        try:
+            filing.quarantine(self.failed_dir, stem, files, reason, {"phase": phase.value})
+        except OSError as err:
+            delay = self._job_retries.failed(stem)
+            self._report(f"job:{stem}", logging.ERROR,
+                         f"{stem} cannot be uploaded ({reason}) and moving it to "
+                         f"{self.failed_dir} failed: {err.strerror or err}; it stays pending, "
+                         f"retried in {delay:.0f} s (setting: uploader.failed_dir)")
+            return JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase, reason=reason)
+        log.error("%s quarantined in %s: %s", stem, self.failed_dir, reason)
+        self._job_retries.succeeded(stem)
+        self._forget_reports(stem)
+        return JobResult(event_id=stem, outcome=Outcome.QUARANTINED, phase=phase, reason=reason)
+
+    # --- helpers
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise Interrupted("the uploader is stopping")
+
+    def _report(self, key: str, level: int, message: str) -> None:
+        """Log ``message`` once; a repeat of the same message under ``key`` goes to debug."""
+        if self._reported.get(key) == message:
+            log.debug("%s", message)
+            return
+        self._reported[key] = message
+        log.log(level, "%s", message)
+
+    def _forget_reports(self, stem: str) -> None:
+        self._reported.pop(f"job:{stem}", None)
+        self._reported.pop(f"orphan:{stem}", None)
+
+    def _next_delay(self) -> float:
+        if self._blocked_by is not None:
+            return max(self.scan_interval, self._endpoint_retries.wait_left("endpoints"))
+        return self.scan_interval
+
+    def _install_signal_handlers(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            # Only an async-signal-safe write here; a thread does the rest.
+            with contextlib.suppress(OSError):
+                os.write(write_fd, bytes([signum]))
+
+        def watch() -> None:
+            data = os.read(read_fd, 1)
+            if data and data != b"\0":
+                log.info("received %s; stopping", signal.Signals(data[0]).name)
+                self.request_stop()
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        watcher = threading.Thread(target=watch, name="uploader-signals", daemon=True)
+        watcher.start()
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            os.write(write_fd, b"\0")
+            watcher.join(timeout=1)
+            os.close(read_fd)
+            os.close(write_fd)
+
+        return restore
