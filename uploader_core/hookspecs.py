@@ -55,7 +55,11 @@ def uploader_interrupt() -> None:
 
 @hookspec
 def uploader_shutdown() -> None:
-    """Called once when the engine stops: close connections. Errors are logged and ignored."""
+    """Called once when the engine stops, after the last job of its last pass.
+
+    Takes no arguments and returns nothing. Close connections and release what the plugin
+    holds. Exceptions are logged and ignored, so that every plugin gets to close.
+    """
 
 
 # --- the phases of one job, in order

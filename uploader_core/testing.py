@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,9 @@ class MemoryRemote:
         self.faults = _Faults()
         self.uploads = 0
         self.interrupted = 0
+        # Called with the job between reading the video and storing it: tests use it to act
+        # while a transfer is in flight (stop the engine, change a file).
+        self.during_transfer: Callable[[Job], None] | None = None
 
     @hookimpl
     def uploader_config_sections(self) -> dict[str, Section]:
@@ -102,6 +105,8 @@ class MemoryRemote:
         self.faults.maybe_raise()
         with job.open_video() as video:
             data = video.read()
+        if self.during_transfer is not None:
+            self.during_transfer(job)
         progress(len(data), job.video_size)
         video_path = f"{self.video_dir}/{job.event_id}.mp4"
         json_path = f"{self.json_dir}/{job.event_id}.json"
