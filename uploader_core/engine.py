@@ -114,6 +114,10 @@ class DataUploader:
     def plugin_names(self) -> list[str]:
         return self._host.names()
 
+    def plugin(self, name: str) -> object | None:
+        """The registered plugin object called ``name``, or None."""
+        return self._host.get(name)
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()

@@ -65,6 +65,9 @@ class PluginHost:
     def names(self) -> list[str]:
         return sorted(n for n, _ in self._pm.list_name_plugin() if n is not None)
 
+    def get(self, name: str) -> object | None:
+        return self._pm.get_plugin(name)
+
     def implements(self, hook_name: str) -> bool:
         return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
 

@@ -12,39 +12,16 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Generator
-from typing import Any
 
-from uploader_core import DataUploader, hookimpl, logs
+from hook_actions import AfterHook
+
+from uploader_core import DataUploader, logs
 from uploader_core.config import load_file
 
 
-class KillAfter:
-    def __init__(self, hook: str) -> None:
-        self.hook = hook
-
-    def _maybe_die(self, hook: str) -> None:
-        if hook == self.hook:
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    @hookimpl(wrapper=True)
-    def store_metadata(self, job: Any) -> Generator[None, Any, Any]:
-        result = yield
-        self._maybe_die("store_metadata")
-        return result
-
-    @hookimpl(wrapper=True)
-    def transfer_files(self, job: Any, progress: Any) -> Generator[None, Any, Any]:
-        result = yield
-        self._maybe_die("transfer_files")
-        return result
-
-    @hookimpl(wrapper=True)
-    def mark_completed(self, job: Any, receipts: Any) -> Generator[None, Any, Any]:
-        result = yield
-        self._maybe_die("mark_completed")
-        return result
+def kill_self() -> None:
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> int:
@@ -54,7 +31,7 @@ def main() -> int:
     parser.add_argument("--loop", action="store_true")
     args = parser.parse_args()
     logs.setup("INFO")
-    plugins = [("killer", KillAfter(args.kill_after))] if args.kill_after else []
+    plugins = [("killer", AfterHook(args.kill_after, kill_self))] if args.kill_after else []
     engine = DataUploader(load_file(args.config), plugins=plugins)
     if args.loop:
         engine.run()

@@ -82,7 +82,8 @@ def test_each_engine_gets_its_own_plugin_instances(tmp_path: Path) -> None:
     a, b = PluginHost(), PluginHost()
     a.load_entry_points()
     b.load_entry_points()
-    assert a._pm.get_plugin("postgres") is not b._pm.get_plugin("postgres")
+    assert a.get("postgres") is not None
+    assert a.get("postgres") is not b.get("postgres")
 
 
 @pytest.mark.parametrize("name", [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
