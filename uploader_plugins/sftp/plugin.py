@@ -1,0 +1,255 @@
+"""The SFTP plugin object: configuration, the one connection it keeps, and its hooks.
+
+State lives in the instance, never in the module: every engine (and every test) gets its own
+plugin object, so connections and interrupt requests never leak from one engine to another.
+
+Threading: every hook runs on the engine's thread except :meth:`SftpPlugin.uploader_interrupt`,
+which only sets a flag and shuts sockets down (see :class:`.connection.Interrupter`).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+import secrets
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+import paramiko
+
+from uploader_core.config import Section
+from uploader_core.errors import ConfigurationError, Interrupted, PermanentJobError, UploaderError
+from uploader_core.job import CheckResult, Job, ProgressCallback, TransferReceipt
+from uploader_core.plugin import hookimpl
+
+from . import connection, hostkeys
+from .connection import Interrupter, Session
+from .failures import ConnectionLost, RemoteOp, translate
+from .settings import PREFIX, SftpSettings, config_sections, load_private_key, setting
+from .transfer import Transfer
+
+log = logging.getLogger(__name__)
+
+# The engine checks event ids before any hook sees them; this guards the remote paths anyway.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+CHECK_CONNECT = "sftp: connect"
+CHECK_HOST_KEY = "sftp: host key"
+CHECK_AUTH = "sftp: authentication"
+CHECK_VIDEO_DIR = "sftp: remote_video_dir writable"
+CHECK_JSON_DIR = "sftp: remote_json_dir writable"
+CHECKS = (CHECK_CONNECT, CHECK_HOST_KEY, CHECK_AUTH, CHECK_VIDEO_DIR, CHECK_JSON_DIR)
+
+
+def _local(exc: BaseException) -> bool:
+    """An error of the job or of the engine, not of the server: no endpoint is named."""
+    return isinstance(exc, UploaderError) and exc.endpoint is None
+
+
+class SftpPlugin:
+    """Uploads each job's video and JSON document to an SFTP server over one reused session.
+
+    Built with no arguments; :meth:`uploader_configure` gives it its settings. It connects on
+    the first transfer, keeps the connection for every later job, and makes a new one on the
+    next use after any failure.
+    """
+
+    def __init__(self) -> None:
+        self._settings: SftpSettings | None = None
+        self._key: paramiko.PKey | None = None
+        self._session: Session | None = None
+        self._interrupter = Interrupter()
+        self.connections_made = 0  # SSH handshakes done by this plugin, for logs and tests
+
+    # --- set-up and tear-down
+
+    @hookimpl
+    def uploader_config_sections(self) -> Mapping[str, Section]:
+        return config_sections()
+
+    @hookimpl
+    def uploader_configure(self, config: Mapping[str, Any]) -> None:
+        settings = SftpSettings.from_config(config)
+        key = load_private_key(config, settings.key_path)
+        self._drop_session()
+        self._settings, self._key = settings, key
+        log.debug("SFTP uploads go to %s@%s (ciphers %s)", settings.username,
+                  settings.address, ", ".join(settings.ciphers))
+
+    @hookimpl
+    def uploader_interrupt(self) -> None:
+        # Called from another thread: a flag and socket shutdowns, nothing that can block.
+        with suppress(Exception):
+            self._interrupter.interrupt()
+
+    @hookimpl
+    def uploader_shutdown(self) -> None:
+        self._drop_session()
+        # An engine that stopped may be run again: a new run starts uninterrupted.
+        self._interrupter.reset()
+
+    # --- phase 2
+
+    @hookimpl
+    def transfer_files(self, job: Job, progress: ProgressCallback) -> TransferReceipt:
+        settings, _ = self._configured()
+        if not _SAFE_NAME.fullmatch(job.event_id):
+            raise PermanentJobError(f"event id {job.event_id!r} cannot name a remote file")
+        total = job.video_size + job.json_size
+        for attempt in (1, 2):
+            self._interrupter.check(f"uploading {job.event_id}")
+            session, reused = self._use_session()
+            transfer = Transfer(session, settings, self._interrupter, progress, total)
+            try:
+                return transfer.run(job)
+            except ConnectionLost as exc:
+                self._drop_session()
+                if attempt == 1 and reused and not self._interrupter.requested:
+                    log.info("%s: the SFTP connection kept from earlier jobs is gone (%s); "
+                             "reconnecting", job.event_id, exc)
+                    continue
+                raise
+            except BaseException as exc:
+                # Keep a healthy connection when the job itself failed (its video changed, the
+                # engine is stopping); after anything the server did, start afresh next time.
+                if not (session.alive() and _local(exc)):
+                    self._drop_session()
+                if self._interrupter.requested and not isinstance(exc, Interrupted) \
+                        and isinstance(exc, Exception):
+                    raise Interrupted(f"upload of {job.event_id} abandoned: the uploader is "
+                                      "stopping", endpoint="sftp") from exc
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- commands
+
+    @hookimpl
+    def uploader_check(self) -> list[CheckResult]:
+        results: list[CheckResult] = []
+        try:
+            self._check(results)
+        except Exception as exc:  # a check never raises: report what broke, and where
+            name = CHECKS[len(results)] if len(results) < len(CHECKS) else CHECKS[-1]
+            results.append(CheckResult(name=name, ok=False,
+                                       detail=f"unexpected {type(exc).__name__}: {exc}"))
+        done = {r.name for r in results}
+        results.extend(CheckResult(name=name, ok=False, detail="not checked")
+                       for name in CHECKS if name not in done)
+        return results
+
+    def _check(self, results: list[CheckResult]) -> None:
+        def failed(index: int, exc: BaseException) -> None:
+            results.append(CheckResult(name=CHECKS[index], ok=False, detail=str(exc)))
+            for name in CHECKS[index + 1:]:
+                results.append(CheckResult(name=name, ok=False,
+                                           detail=f"not checked: {CHECKS[index]} failed"))
+
+        try:
+            settings, key = self._configured()
+        except ConfigurationError as exc:
+            failed(0, exc)
+            return
+        interrupter = self._interrupter
+        sock: connection.StallGuardSocket | None = None
+        transport: paramiko.Transport | None = None
+        # An unreadable known_hosts file is a host key problem, reported as such below.
+        known_error: ConfigurationError | None = None
+        try:
+            known = hostkeys.load_known_keys(settings)
+        except ConfigurationError as exc:
+            known, known_error = [], exc
+        try:
+            try:
+                sock = connection.open_socket(settings, interrupter)
+                transport = connection.handshake(sock, settings, known, interrupter)
+            except UploaderError as exc:
+                failed(0, exc)
+                return
+            results.append(CheckResult(
+                name=CHECK_CONNECT, ok=True,
+                detail=f"{settings.address}: {transport.remote_version}, cipher "
+                       f"{transport.local_cipher}"))
+            server_key = transport.get_remote_server_key()
+            try:
+                if known_error is not None:
+                    raise known_error
+                how = hostkeys.verify(settings, server_key, known)
+            except UploaderError as exc:
+                failed(1, exc)
+                return
+            results.append(CheckResult(
+                name=CHECK_HOST_KEY, ok=True,
+                detail=f"{server_key.get_name()} {hostkeys.fingerprint(server_key)} {how} in "
+                       f"{settings.known_hosts_path}"))
+            try:
+                connection.authenticate(transport, sock, settings, key, interrupter)
+                sftp = connection.open_sftp(transport, sock, settings, interrupter)
+            except UploaderError as exc:
+                failed(2, exc)
+                return
+            results.append(CheckResult(
+                name=CHECK_AUTH, ok=True,
+                detail=f"as {settings.username!r} with {settings.key_path}"))
+            session = Session(sock=sock, transport=transport, sftp=sftp)
+            for name, dir_key in ((CHECK_VIDEO_DIR, "remote_video_dir"),
+                                  (CHECK_JSON_DIR, "remote_json_dir")):
+                results.append(self._probe(session, settings, name, dir_key))
+        finally:
+            if sock is not None:
+                interrupter.unregister(sock)
+                connection.close_transport(transport, sock)
+
+    def _probe(self, session: Session, settings: SftpSettings, name: str,
+               dir_key: str) -> CheckResult:
+        """Write, measure and remove a small file, as an upload would."""
+        directory = getattr(settings, dir_key)
+        probe = posixpath.join(directory, f".uploader-check-{secrets.token_hex(6)}.tmp")
+        content = b"uploader check\n"
+        op = RemoteOp(f"writing a probe file in {directory}", setting(dir_key),
+                      missing=f"remote directory {directory} does not exist on "
+                              f"{settings.address}")
+        try:
+            with session.sftp.open(probe, "wb") as remote:
+                remote.write(content)
+            size = session.sftp.stat(probe).st_size
+            session.sftp.remove(probe)
+        except Exception as exc:
+            error = translate(exc, op, session, self._interrupter, settings.timeout)
+            return CheckResult(name=name, ok=False, detail=str(error))
+        if size != len(content):
+            return CheckResult(name=name, ok=False,
+                               detail=f"{probe}: wrote {len(content)} bytes, the server "
+                                      f"reports {size}")
+        return CheckResult(name=name, ok=True,
+                           detail=f"{directory}: created and removed a probe file")
+
+    # --- the session
+
+    def _configured(self) -> tuple[SftpSettings, paramiko.PKey]:
+        if self._settings is None or self._key is None:
+            raise ConfigurationError("the SFTP plugin was used before it was configured",
+                                     setting=PREFIX)
+        return self._settings, self._key
+
+    def _use_session(self) -> tuple[Session, bool]:
+        """The kept session if it is still alive, else a new one; and whether it was kept."""
+        session = self._session
+        if session is not None and session.alive():
+            return session, True
+        if session is not None:
+            log.info("the SFTP connection to %s was lost; reconnecting",
+                     self._configured()[0].address)
+            self._drop_session()
+        settings, key = self._configured()
+        session = connection.connect(settings, key, self._interrupter)
+        self.connections_made += 1
+        self._session = session
+        return session, False
+
+    def _drop_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            self._interrupter.unregister(session.sock)
+            session.close()
