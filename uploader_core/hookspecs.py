@@ -48,7 +48,8 @@ def uploader_interrupt() -> None:
     """Called from another thread when the engine is asked to stop.
 
     Make blocking network operations of the engine's thread return promptly (for example by
-    shutting down their sockets); they should then raise :class:`Interrupted`. Must be
+    shutting down their sockets); they should then raise :class:`Interrupted`, and so should
+    every later phase call until ``uploader_shutdown``: the engine is going away. Must be
     thread-safe and quick; must not raise.
     """
 

@@ -42,7 +42,8 @@ class RecordState(enum.Enum):
 
 
 ProgressCallback = Callable[[int, int], None]
-"""``progress(bytes_done, bytes_total)``; raises :class:`Interrupted` when the engine stops."""
+"""``progress(bytes_done, bytes_total)`` over the whole job's transfer (video and JSON
+together); raises :class:`Interrupted` when the engine stops."""
 
 
 @dataclass(frozen=True, kw_only=True)

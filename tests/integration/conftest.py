@@ -56,7 +56,7 @@ class Site:
             cur.execute("SELECT event_id, status, remote_video_path, remote_json_path, "
                         "video_sha256, attempts FROM events")
             names = [d.name for d in cur.description or ()]
-            return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+            return {row[0]: dict(zip(names, row, strict=False)) for row in cur.fetchall()}
 
     def remote_video(self, event_id: str) -> Path:
         return self.sftp.local_video_dir / f"{event_id}.mp4"

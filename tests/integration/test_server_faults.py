@@ -72,7 +72,7 @@ def test_engine_killed_after_each_phase_recovers_on_restart(
     assert len(snapshot(site.pending)) + len(snapshot(site.uploaded)) >= 3
 
     restarted = driver(config)
-    out, err = restarted.communicate(timeout=120)
+    _out, err = restarted.communicate(timeout=120)
     assert restarted.returncode == 0, err
     site.assert_completed_exactly_once(originals)
     assert all(row["attempts"] in (1, 2) for row in site.rows().values())

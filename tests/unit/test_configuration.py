@@ -91,5 +91,5 @@ def test_yaml_file_with_the_same_structure_loads(tmp_path: Path) -> None:
 def test_invalid_yaml_says_which_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("uploader: [unclosed\n")
-    with pytest.raises(ConfigurationError, match="broken.yaml is not valid YAML"):
+    with pytest.raises(ConfigurationError, match=r"broken\.yaml is not valid YAML"):
         load_file(path)
