@@ -17,6 +17,7 @@ The engine knows nothing of PostgreSQL or SFTP; plugins do that work through the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ from .errors import (
     UploaderError,
 )
 from .job import Job, JobResult, Outcome, Phase, RecordState, TransferReceipt
+from .monitor import EngineState, Monitor, PendingJob
 from .package import (
     JSON_SUFFIX,
     VIDEO_SUFFIX,
@@ -98,7 +100,10 @@ class DataUploader:
         self._settle = SettleTracker(float(s["settle_seconds"]))
         self._reported: dict[str, str] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()  # ends the sleep between passes early
+        self._paused = threading.Event()
         self._blocked_by: UploaderError | None = None
+        self.monitor = Monitor()
         for key in ("pending_upload_dir", "uploaded_dir", "failed_dir"):
             path = Path(s[key])
             try:
@@ -107,6 +112,7 @@ class DataUploader:
                 raise ConfigurationError(f"cannot create directory {path}: {exc.strerror}",
                                          setting=f"uploader.{key}") from exc
         self._host.configure(s)
+        self._load_quarantined()
 
     # --- public API
 
@@ -132,19 +138,26 @@ class DataUploader:
                  ", ".join(self.plugin_names))
         try:
             while not self._stop.is_set():
-                self.run_once()
+                if not self._paused.is_set():
+                    self.run_once()
                 if self._stop.is_set():
                     break
-                self._stop.wait(self._next_delay())
+                self.monitor.set_state(EngineState.PAUSED if self._paused.is_set()
+                                       else EngineState.IDLE)
+                self._wake.wait(self._next_delay())
+                self._wake.clear()
         finally:
+            self.monitor.set_state(EngineState.STOPPING)
             restore()
             self.close()
+            self.monitor.set_state(EngineState.STOPPED)
             log.info("uploader stopped")
 
     def run_once(self) -> list[JobResult]:
         """One pass over the pending directory; what happened to each job seen."""
         self._blocked_by = None
         results: list[JobResult] = []
+        self.monitor.set_state(EngineState.RUNNING)
         try:
             candidates = scan(self.pending_dir)
         except OSError as exc:
@@ -152,8 +165,11 @@ class DataUploader:
                          f"cannot read pending directory {self.pending_dir}: {exc.strerror}")
             return results
         self._settle.prune({str(p) for c in candidates for p in (c.json_path, c.video_path)})
+        self.monitor.pass_started(
+            PendingJob(c.stem, c.json_size + c.video_size, c.json_mtime_ns / 1e9)
+            for c in candidates)
         for candidate in candidates:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._paused.is_set():
                 break
             try:
                 result = self._process_candidate(candidate)
@@ -162,6 +178,10 @@ class DataUploader:
                 break
             if result is not None:
                 results.append(result)
+        counts = {o.value: 0 for o in Outcome}
+        for r in results:
+            counts[r.outcome.value] += 1
+        self.monitor.pass_finished(counts)
         if self._blocked_by is None:
             for key in list(self._reported):
                 if key.startswith("endpoint:"):
@@ -175,7 +195,66 @@ class DataUploader:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
+        self.monitor.set_state(EngineState.STOPPING)
         self._host.interrupt()
+
+    # --- commands, thread-safe: the control socket calls these
+
+    def scan_now(self) -> None:
+        """Start the next pass now instead of after the scan interval."""
+        self._wake.set()
+
+    def pause(self) -> None:
+        """Start no new job until :meth:`resume`; a job under way finishes."""
+        self._paused.set()
+        self.monitor.set_state(EngineState.PAUSED)
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def retry_now(self, event_id: str) -> bool:
+        """Forget the backoff of ``event_id`` and scan now; False if it is not pending."""
+        check_event_id(event_id)
+        if not (self.pending_dir / f"{event_id}{JSON_SUFFIX}").exists():
+            return False
+        self._job_retries.forget(event_id)
+        self._endpoint_retries.forget("endpoints")
+        self._wake.set()
+        return True
+
+    def requeue(self, event_id: str) -> list[str]:
+        """Move a quarantined package back into the pending directory; the names moved.
+
+        The error report is kept beside, renamed, as a record of the earlier failure.
+        Raises :class:`PermanentJobError` for an id that is not valid, and
+        :class:`FileNotFoundError` when nothing of that id is quarantined.
+        """
+        check_event_id(event_id)
+        video = self.failed_dir / f"{event_id}{VIDEO_SUFFIX}"
+        document = self.failed_dir / f"{event_id}{JSON_SUFFIX}"
+        if not os.path.lexists(document):
+            raise FileNotFoundError(f"no quarantined package {event_id} in {self.failed_dir}")
+        report = self.failed_dir / f"{event_id}.error.json"
+        if report.exists():
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            # Renamed first: a half-done requeue must not look like a half-done quarantine.
+            os.rename(report, self.failed_dir / f"{event_id}.requeued-{stamp}.error.json")
+        moved = []
+        for path in (video, document):  # the trigger JSON last, as always
+            if os.path.lexists(path):
+                filing.move_into(path, self.pending_dir)
+                moved.append(path.name)
+        self._job_retries.forget(event_id)
+        self.monitor.requeued(event_id)
+        log.info("%s requeued from %s", event_id, self.failed_dir)
+        self._wake.set()
+        return moved
 
     def close(self) -> None:
         self._host.shutdown()
@@ -233,31 +312,40 @@ class DataUploader:
         return self._transact(job)
 
     def _transact(self, job: Job) -> JobResult:
+        started = time.monotonic()
         phase = Phase.PRE_UPLOAD
+        enter = self.monitor.phase
         try:
+            enter(job.event_id, phase.value)
             self._host.pre_upload(job)
             self._check_stop()
             phase = Phase.STORE_METADATA
+            enter(job.event_id, phase.value)
             states = self._host.store_metadata(job)
             if states and all(s is RecordState.COMPLETED for s in states):
                 log.info("%s was already completed; archiving it", job.event_id)
             else:
                 self._check_stop()
                 phase = Phase.TRANSFER
+                enter(job.event_id, phase.value)
                 receipts = self._transfer(job)
                 self._check_stop()
                 phase = Phase.MARK_COMPLETED
+                enter(job.event_id, phase.value)
                 self._host.mark_completed(job, receipts)
         except Exception as exc:
             return self._failed(job.event_id, phase, exc,
                                 [job.video_path, job.json_path])
-        return self._archive(job)
+        enter(job.event_id, Phase.ARCHIVE.value)
+        return self._archive(job, time.monotonic() - started)
 
     def _transfer(self, job: Job) -> list[TransferReceipt]:
         def progress(done: int, total: int) -> None:
             if self._stop.is_set():
                 raise Interrupted(f"transfer of {job.event_id} abandoned: the uploader is stopping")
+            self.monitor.progress(job.event_id, done, total)
 
+        self.monitor.transfer_started(job.event_id, job.video_size + job.json_size)
         receipts = self._host.transfer_files(job, progress)
         if not receipts:
             raise ConfigurationError("no plugin returned a transfer receipt for "
@@ -271,7 +359,7 @@ class DataUploader:
                                  "it will be uploaded again")
         return receipts
 
-    def _archive(self, job: Job) -> JobResult:
+    def _archive(self, job: Job, duration: float = 0.0) -> JobResult:
         try:
             filing.move_into(job.video_path, self.uploaded_dir)
         except FileNotFoundError:
@@ -290,6 +378,8 @@ class DataUploader:
         self._job_retries.succeeded(job.event_id)
         self._forget_reports(job.event_id)
         log.info("%s uploaded and archived", job.event_id)
+        self._endpoints_up()
+        self.monitor.completed(job.event_id, job.video_size + job.json_size, duration)
         self._host.post_archive(job)
         return JobResult(event_id=job.event_id, outcome=Outcome.COMPLETED)
 
@@ -312,6 +402,7 @@ class DataUploader:
                    f"{self.pending_dir} and archiving is retried in {delay:.0f} s "
                    "(setting: uploader.uploaded_dir)")
         self._report(f"job:{job.event_id}", logging.ERROR, message)
+        self.monitor.retry(job.event_id, Phase.ARCHIVE.value, message)
         return JobResult(event_id=job.event_id, outcome=Outcome.RETRY, phase=Phase.ARCHIVE,
                          reason=message)
 
@@ -373,6 +464,7 @@ class DataUploader:
                 files: list[Path]) -> JobResult:
         if isinstance(exc, PermanentJobError):
             return self._quarantine(stem, files, exc, phase)
+        self.monitor.retry(stem, phase.value, str(exc))
         if isinstance(exc, Interrupted) or (self._stop.is_set()
                                             and isinstance(exc, TransientError)):
             log.info("%s: %s", stem, exc)
@@ -382,6 +474,7 @@ class DataUploader:
             self._blocked_by = exc
             delay = self._endpoint_retries.failed("endpoints")
             endpoint = exc.endpoint or "an endpoint"
+            self.monitor.endpoint(exc.endpoint or "endpoint", False, str(exc))
             kind = ("needs attention" if isinstance(exc, ConfigurationError)
                     else "is unavailable")
             self._report(f"endpoint:{endpoint}", logging.ERROR,
@@ -410,13 +503,37 @@ class DataUploader:
                          f"{stem} cannot be uploaded ({reason}) and moving it to "
                          f"{self.failed_dir} failed: {err.strerror or err}; it stays pending, "
                          f"retried in {delay:.0f} s (setting: uploader.failed_dir)")
+            self.monitor.retry(stem, phase.value, reason)
             return JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase, reason=reason)
         log.error("%s quarantined in %s: %s", stem, self.failed_dir, reason)
+        self.monitor.quarantined(stem, phase.value, reason)
         self._job_retries.succeeded(stem)
         self._forget_reports(stem)
         return JobResult(event_id=stem, outcome=Outcome.QUARANTINED, phase=phase, reason=reason)
 
     # --- helpers
+
+    def _endpoints_up(self) -> None:
+        for name in self.monitor.endpoints_down():
+            self.monitor.endpoint(name, True)
+
+    def _load_quarantined(self) -> None:
+        """Tell the monitor about packages quarantined before this start (newest 1000)."""
+        try:
+            reports = sorted(self.failed_dir.glob("*.error.json"),
+                             key=lambda p: p.stat().st_mtime)[-1000:]
+        except OSError:
+            return
+        for path in reports:
+            if ".requeued-" in path.name:
+                continue
+            try:
+                report = json.loads(path.read_text(encoding="utf-8"))
+                self.monitor.quarantined(str(report["event_id"]), str(report.get("phase", "")),
+                                         str(report["reason"]), when=path.stat().st_mtime,
+                                         publish=False)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
 
     def _check_stop(self) -> None:
         if self._stop.is_set():

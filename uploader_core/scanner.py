@@ -28,21 +28,23 @@ class Candidate:
     json_size: int
     json_is_regular: bool
     video_present: bool
+    video_size: int  # 0 when absent or not a regular file
 
 
 def scan(pending: Path) -> list[Candidate]:
     """Every trigger in ``pending``, oldest first (by the JSON's mtime, then name)."""
     found: list[Candidate] = []
-    names: set[str] = set()
+    videos: dict[str, os.DirEntry[str]] = {}
     triggers: list[os.DirEntry[str]] = []
     with os.scandir(pending) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 continue
-            names.add(name)
             if name.endswith(JSON_SUFFIX) and len(name) > len(JSON_SUFFIX):
                 triggers.append(entry)
+            elif name.endswith(VIDEO_SUFFIX):
+                videos[name] = entry
     for entry in triggers:
         try:
             st = entry.stat(follow_symlinks=False)
@@ -50,6 +52,14 @@ def scan(pending: Path) -> list[Candidate]:
             continue
         stem = entry.name[: -len(JSON_SUFFIX)]
         video_name = stem + VIDEO_SUFFIX
+        video = videos.get(video_name)
+        video_size = 0
+        if video is not None:
+            try:
+                vst = video.stat(follow_symlinks=False)
+                video_size = vst.st_size if stat.S_ISREG(vst.st_mode) else 0
+            except FileNotFoundError:
+                video = None
         found.append(Candidate(
             stem=stem,
             json_path=pending / entry.name,
@@ -57,7 +67,8 @@ def scan(pending: Path) -> list[Candidate]:
             json_mtime_ns=st.st_mtime_ns,
             json_size=st.st_size,
             json_is_regular=stat.S_ISREG(st.st_mode),
-            video_present=video_name in names,
+            video_present=video is not None,
+            video_size=video_size,
         ))
     found.sort(key=lambda c: (c.json_mtime_ns, c.stem))
     return found
