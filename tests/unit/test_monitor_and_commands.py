@@ -72,7 +72,8 @@ def test_requeue_moves_a_quarantined_package_back_and_keeps_the_report(rig: Rig)
     moved = rig.engine.requeue("evt_q")
 
     assert moved == ["evt_q.mp4", "evt_q.json"]
-    assert [p.name for p in rig.failed.iterdir()][0].startswith("evt_q.requeued-")
+    [report] = [p.name for p in rig.failed.iterdir()]
+    assert report.startswith("evt_q.requeued-")
     [result] = rig.engine.run_once()
     assert result.outcome is Outcome.COMPLETED
     assert rig.engine.monitor.snapshot()["quarantined"] == []
