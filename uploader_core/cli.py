@@ -1,19 +1,25 @@
-"""The ``uploader`` command: ``run``, ``init-db`` and ``check``.
+"""The ``uploader`` command: ``run``, ``init-db``, ``check``, ``status``, ``tui`` and ``demo``.
 
 Exit codes: 0 success; 1 the work could not be completed (a job left for retry, an endpoint
-unreachable, a check failed); 2 the configuration is wrong.
+unreachable, a check failed); 2 the configuration is wrong. ``status`` adds 3: the engine is
+not running (see :mod:`uploader_core.status`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from . import logs
+from . import logs, status
 from .config import load_file
+from .control import ControlServer
+from .control_client import ControlConnection, ControlError, EngineNotRunning, PermissionDenied
+from .control_protocol import socket_path
 from .engine import DataUploader
 from .errors import ConfigurationError, TransientError, UploaderError
 from .job import Outcome
@@ -41,6 +47,26 @@ def _parser() -> argparse.ArgumentParser:
                           "left for retry")
     add("init-db", "create the events table (safe to run again)")
     add("check", "try both endpoints and report one line per item")
+
+    def attach(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", metavar="FILE",
+                           help="the engine's configuration file (finds its control socket)")
+        where.add_argument("--socket", metavar="PATH", help="the engine's control socket")
+        return p
+
+    state = attach("status", "show what the running engine is doing; exit 0 healthy, "
+                   "1 unhealthy, 3 not running")
+    state.add_argument("--json", action="store_true", help="the whole snapshot as JSON")
+    attach("tui", "attach the terminal user interface to the running engine")
+    demo = sub.add_parser("demo", help="run the whole system on throwaway local servers",
+                          description="start a throwaway PostgreSQL and SFTP server, generate "
+                                      "events, upload them and show it all in the TUI")
+    demo.add_argument("--headless", action="store_true",
+                      help="no TUI: run, then print a summary")
+    demo.add_argument("--seconds", type=float, metavar="N",
+                      help="stop after N seconds (default: run until Ctrl-C or q)")
     return parser
 
 
@@ -54,7 +80,19 @@ def _engine(args: argparse.Namespace) -> DataUploader:
 
 def _run(engine: DataUploader, once: bool) -> int:
     if not once:
-        engine.run()
+        server = None
+        if engine.settings["control"]["enabled"]:
+            try:
+                server = ControlServer.for_engine(engine)
+                server.start()
+            except BaseException:
+                engine.close()
+                raise
+        try:
+            engine.run()
+        finally:
+            if server is not None:
+                server.close()
         return EXIT_OK
     with engine:
         results = engine.run_once()
@@ -76,10 +114,69 @@ def _check(engine: DataUploader) -> int:
     return EXIT_OK if results and all(r.ok for r in results) else EXIT_INCOMPLETE
 
 
+def _socket_of(args: argparse.Namespace) -> tuple[Path, str]:
+    """The control socket the arguments name, and how to start its engine."""
+    if args.socket:
+        return Path(args.socket), "start it with: uploader run -c FILE"
+    if args.config:
+        section = load_file(args.config).get("uploader")
+        return (socket_path(section if isinstance(section, dict) else None),
+                f"start it with: uploader run -c {args.config}")
+    return socket_path(None), "start it with: uploader run -c FILE (or give -c FILE here)"
+
+
+def _status(args: argparse.Namespace) -> int:
+    path, hint = _socket_of(args)
+    try:
+        with ControlConnection(path, hint=hint) as connection:
+            snapshot = connection.request("snapshot")
+    except EngineNotRunning as exc:
+        if args.json:
+            print(json.dumps({"state": "not running", "error": str(exc)}))
+        _say(exc)
+        return status.EXIT_NOT_RUNNING
+    except PermissionDenied as exc:
+        _say(exc)
+        return EXIT_CONFIG
+    except ControlError as exc:
+        _say(exc)
+        return status.EXIT_UNHEALTHY
+    print(json.dumps(snapshot, indent=2) if args.json else status.render(snapshot))
+    return status.exit_code(snapshot)
+
+
+def _tui(args: argparse.Namespace) -> int:
+    path, hint = _socket_of(args)
+    try:
+        from uploader_tui.app import UploaderApp
+    except ImportError as exc:
+        _say(f"the TUI needs the 'tui' extra ({exc}); install it with "
+             "pip install 'edge-uploader[tui]'")
+        return EXIT_CONFIG
+    UploaderApp(path, start_hint=hint).run()
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from uploader_demo.runner import run_demo
+    except ImportError as exc:
+        _say(f"the demo needs the 'tui' extra ({exc}); install it with "
+             "pip install 'edge-uploader[tui]'")
+        return EXIT_CONFIG
+    return run_demo(headless=args.headless, seconds=args.seconds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.setup(args.log_level or "INFO")
+    logs.setup(getattr(args, "log_level", None) or "INFO")
     try:
+        if args.command == "status":
+            return _status(args)
+        if args.command == "tui":
+            return _tui(args)
+        if args.command == "demo":
+            return _demo(args)
         engine = _engine(args)
         if args.command == "run":
             return _run(engine, args.once)

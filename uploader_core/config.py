@@ -132,6 +132,11 @@ CORE_SECTION: Section = {
     "plugins": {
         "disabled": Field(list, [], "plugin names not to load, built-in or third-party"),
     },
+    "control": {
+        "enabled": Field(bool, True, "serve the control socket to uploader status and tui"),
+        "socket_path": Field(str, None, "default: uploader.sock beside pending_upload_dir"),
+        "group": Field(str, None, "group allowed to attach; default: the engine's group"),
+    },
 }
 
 

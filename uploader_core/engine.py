@@ -507,6 +507,7 @@ class DataUploader:
             return JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase, reason=reason)
         log.error("%s quarantined in %s: %s", stem, self.failed_dir, reason)
         self.monitor.quarantined(stem, phase.value, reason)
+        self._host.post_quarantine(stem, reason)
         self._job_retries.succeeded(stem)
         self._forget_reports(stem)
         return JobResult(event_id=stem, outcome=Outcome.QUARANTINED, phase=phase, reason=reason)

@@ -40,6 +40,10 @@ def uploader_configure(config: Mapping[str, Any]) -> None:
     Read settings here and fail early; do not connect to anything yet (connections are made
     when first needed, so an engine can start while its endpoints are down). Raising
     :class:`ConfigurationError` refuses to build the engine.
+
+    Called again, between passes, when the configuration is reloaded (SIGHUP): apply the new
+    settings, and drop a connection whose endpoint settings changed so the next use makes a
+    new one. Raising :class:`ConfigurationError` then keeps the engine on its old settings.
     """
 
 
@@ -118,6 +122,16 @@ def post_archive(job: Job) -> None:
 
     ``job.video_path`` and ``job.json_path`` still name the original pending locations.
     Nothing can be undone any more: exceptions are logged and otherwise ignored.
+    """
+
+
+@hookspec
+def post_quarantine(event_id: str, reason: str) -> None:
+    """Called after a package was moved to the failed directory.
+
+    ``event_id`` is the package's file stem (it may not be a valid event id: that can be why it
+    was quarantined), ``reason`` the message in its error report. Use it to release what the
+    job held remotely, such as partial uploads. Exceptions are logged and otherwise ignored.
     """
 
 

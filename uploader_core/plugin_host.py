@@ -114,6 +114,10 @@ class PluginHost:
     def post_archive(self, job: Job) -> None:
         self._call_each("post_archive", f"in post_archive for {job.event_id}", job=job)
 
+    def post_quarantine(self, event_id: str, reason: str) -> None:
+        self._call_each("post_quarantine", f"in post_quarantine for {event_id}",
+                        event_id=event_id, reason=reason)
+
     def init_storage(self) -> None:
         self._pm.hook.uploader_init_storage()
 
