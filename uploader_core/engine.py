@@ -48,6 +48,7 @@ from .package import (
     read_package,
 )
 from .plugin_host import PluginHost
+from .queue_lock import QueueLock
 from .retry import Backoff, RetrySchedule
 from .scanner import Candidate, SettleTracker, scan
 
@@ -104,6 +105,7 @@ class DataUploader:
         self._paused = threading.Event()
         self._blocked_by: UploaderError | None = None
         self.monitor = Monitor()
+        self._lock = QueueLock(self.pending_dir)
         for key in ("pending_upload_dir", "uploaded_dir", "failed_dir"):
             path = Path(s[key])
             try:
@@ -133,6 +135,7 @@ class DataUploader:
 
         SIGTERM and SIGINT request a stop when ``run`` is called from the main thread.
         """
+        self.claim_queue()
         restore = self._install_signal_handlers()
         log.info("uploader started: watching %s (plugins: %s)", self.pending_dir,
                  ", ".join(self.plugin_names))
@@ -155,6 +158,7 @@ class DataUploader:
 
     def run_once(self) -> list[JobResult]:
         """One pass over the pending directory; what happened to each job seen."""
+        self.claim_queue()
         self._blocked_by = None
         results: list[JobResult] = []
         self.monitor.set_state(EngineState.RUNNING)
@@ -189,6 +193,13 @@ class DataUploader:
                     del self._reported[key]
             self._endpoint_retries.forget("endpoints")
         return results
+
+    def claim_queue(self) -> None:
+        """Take the pending directory for this engine alone (``run`` and ``run_once`` do).
+
+        Raises :class:`QueueBusy`, naming the holder, when another engine has it.
+        """
+        self._lock.acquire()
 
     def request_stop(self) -> None:
         """Stop soon; thread-safe. A transfer in flight is abandoned and retried later."""
@@ -258,6 +269,7 @@ class DataUploader:
 
     def close(self) -> None:
         self._host.shutdown()
+        self._lock.release()
 
     def init_storage(self) -> None:
         self._host.init_storage()

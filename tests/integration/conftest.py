@@ -83,7 +83,7 @@ class Site:
             assert row["video_sha256"] == hashlib.sha256(files["mp4"]).hexdigest()
             assert (self.uploaded / f"{event_id}.mp4").read_bytes() == files["mp4"]
             assert (self.uploaded / f"{event_id}.json").read_bytes() == files["json"]
-        assert [p.name for p in self.pending.iterdir()] == []
+        assert [p.name for p in self.pending.iterdir() if not p.name.startswith(".")] == []
         assert self.remote_leftovers() == []
 
 
@@ -91,6 +91,8 @@ def snapshot(pending: Path) -> dict[str, dict[str, bytes]]:
     """The bytes of every package in ``pending``, by event id and suffix."""
     packages: dict[str, dict[str, bytes]] = {}
     for path in pending.iterdir():
+        if path.name.startswith("."):
+            continue
         stem, _, suffix = path.name.rpartition(".")
         packages.setdefault(stem, {})[suffix] = path.read_bytes()
     return packages

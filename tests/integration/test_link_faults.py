@@ -103,9 +103,11 @@ def test_silent_link_times_out_instead_of_hanging(
     site.assert_completed_exactly_once(originals)
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_signal_during_a_slow_transfer_stops_promptly_and_keeps_the_files(
-    proxied_site: tuple[Site, FaultProxy, FaultProxy], driver: Any, signal_name: str
+@pytest.mark.parametrize(("signal_name", "link"), [
+    ("SIGTERM", "slow"), ("SIGINT", "slow"), ("SIGTERM", "dead")])
+def test_signal_during_a_transfer_stops_promptly_and_keeps_the_files(
+    proxied_site: tuple[Site, FaultProxy, FaultProxy], driver: Any, signal_name: str,
+    link: str,
 ) -> None:
     site, _, sftp_proxy = proxied_site
     write_package(site.pending, "evt_slow", video=5_000_000)
@@ -119,11 +121,13 @@ def test_signal_during_a_slow_transfer_stops_promptly_and_keeps_the_files(
         assert engine.poll() is None, engine.communicate()[1]
         time.sleep(0.05)
 
+    if link == "dead":
+        sftp_proxy.stall()  # the cellular link dies silently mid-transfer
     sent = time.monotonic()
     engine.send_signal(getattr(signal, signal_name))
     _, err = engine.communicate(timeout=30)
     stopped_after = time.monotonic() - sent
-    print(f"\n{signal_name} during a transfer: stopped after {stopped_after:.2f} s")
+    print(f"\n{signal_name} during a {link} transfer: stopped after {stopped_after:.2f} s")
     assert engine.returncode == 0, err
     assert stopped_after < 5
     assert "uploader stopped" in err

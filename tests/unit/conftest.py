@@ -54,5 +54,14 @@ def rig(make_rig: Callable[..., Rig]) -> Rig:
 
 
 def all_bytes(root: Path) -> dict[str, bytes]:
-    """Every regular file's bytes under ``root``, by name: for "nothing lost" checks."""
-    return {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+    """Every package file's bytes under ``root``, by name: for "nothing lost" checks.
+
+    Hidden files (the engine's queue lock) are not packages.
+    """
+    return {p.name: p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink() and not p.name.startswith(".")}
+
+
+def visible(directory: Path) -> list[str]:
+    """Names in ``directory`` that are not hidden."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))

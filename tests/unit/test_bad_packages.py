@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Rig
+from conftest import Rig, visible
 
 from uploader_core import Outcome
 from uploader_core.testing import sample_document, write_package
@@ -97,7 +97,8 @@ def test_bad_package_is_quarantined_with_its_reason_and_bytes(
     make(rig.pending)
     write_package(rig.pending, "evt_good_2", age_seconds=1)
     bad = {p.name: (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
-           for p in rig.pending.iterdir() if not p.name.startswith("evt_good")}
+           for p in rig.pending.iterdir()
+           if not p.name.startswith(("evt_good", "."))}
 
     results = {r.event_id: r for r in rig.engine.run_once()}
 
@@ -113,7 +114,7 @@ def test_bad_package_is_quarantined_with_its_reason_and_bytes(
     report_name = next(p for p in rig.failed.iterdir() if p.name.endswith(".error.json"))
     report = json.loads(report_name.read_text())
     assert expected in report["reason"]
-    assert list(rig.pending.iterdir()) == []
+    assert visible(rig.pending) == []
 
 
 def test_byte_order_mark_is_accepted_and_uploaded_unchanged(rig: Rig) -> None:

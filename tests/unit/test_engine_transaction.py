@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import Rig, all_bytes
+from conftest import Rig, all_bytes, visible
 
 from uploader_core import (
     ConfigurationError,
@@ -38,7 +38,7 @@ def test_valid_package_is_recorded_uploaded_and_archived(rig: Rig) -> None:
     assert rig.remote.files["/videos/evt_a.mp4"] == original["evt_a.mp4"]
     assert rig.remote.files["/json/evt_a.json"] == original["evt_a.json"]
     assert all_bytes(rig.uploaded) == original
-    assert list(rig.pending.iterdir()) == []
+    assert visible(rig.pending) == []
 
 
 @pytest.mark.parametrize("failing", ["store", "transfer", "complete"])
@@ -88,7 +88,7 @@ def test_crash_between_the_two_archive_moves_is_finished_on_the_next_pass(rig: R
     assert outcomes(results) == {"evt_d": Outcome.COMPLETED}
     assert rig.remote.uploads == uploads
     assert sorted(p.name for p in rig.uploaded.iterdir()) == ["evt_d.json", "evt_d.mp4"]
-    assert list(rig.pending.iterdir()) == []
+    assert visible(rig.pending) == []
 
 
 def test_archived_video_whose_record_is_not_completed_is_uploaded_again(rig: Rig) -> None:
