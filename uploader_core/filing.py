@@ -62,12 +62,18 @@ def _free_name(dest: Path, src: Path) -> Path | None:
 
 def _copy_then_replace(src: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.moving")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1024 * 1024)
-        fout.flush()
-        os.fsync(fout.fileno())
-    shutil.copystat(src, tmp, follow_symlinks=False)
-    os.replace(tmp, dest)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1024 * 1024)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, tmp, follow_symlinks=False)
+        os.replace(tmp, dest)
+    except BaseException:
+        # A full disk must not leave a partial copy using up what space there is.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_dir(dest.parent)
     os.unlink(src)
 
