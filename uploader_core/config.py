@@ -215,3 +215,47 @@ def resolve_secret(section: Mapping[str, Any], key: str, setting_path: str) -> s
                 setting=f"{setting_path}.{key}_file",
             ) from exc
     return inline if inline else None
+
+
+ENV_PREFIX = "UPLOADER__"
+
+
+def apply_environment(config: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The configuration with ``UPLOADER__<KEY>__<KEY>...`` environment variables applied.
+
+    ``UPLOADER__DATABASE__PASSWORD=s3cret`` sets ``uploader.database.password``;
+    ``UPLOADER__SCAN_INTERVAL_SECONDS=10`` sets ``uploader.scan_interval_seconds``. Levels are
+    separated by a double underscore because key names contain single ones. Values are read
+    as YAML, so numbers, booleans and lists (``[audit]``) keep their types; quote a value to
+    keep it text. Unknown keys are then reported by validation like any other.
+    """
+    result: dict[str, Any] = _deep_copy(config)
+    section = result.setdefault("uploader", {})
+    if not isinstance(section, dict):
+        return result
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if any(not part for part in path):
+            raise InvalidConfiguration([f"environment variable {name}: empty key in the name"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        target = section
+        for part in path[:-1]:
+            child = target.get(part)
+            if not isinstance(child, dict):
+                child = target[part] = {}
+            target = child
+        target[path[-1]] = value
+    return result
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

@@ -93,3 +93,27 @@ def test_invalid_yaml_says_which_file(tmp_path: Path) -> None:
     path.write_text("uploader: [unclosed\n")
     with pytest.raises(ConfigurationError, match=r"broken\.yaml is not valid YAML"):
         load_file(path)
+
+
+def test_environment_overrides_any_key_with_typed_values() -> None:
+    from uploader_core.config import apply_environment
+
+    config = {"uploader": {"scan_interval_seconds": 30, "database": {"host": "db"}}}
+    env = {"UPLOADER__SCAN_INTERVAL_SECONDS": "5", "UPLOADER__DATABASE__PASSWORD": "s3:cret",
+           "UPLOADER__SFTP__HOST_KEY_POLICY": "accept-new",
+           "UPLOADER__PLUGINS__DISABLED": "[audit]", "UPLOADER_TEST_OTHER": "ignored",
+           "UPLOADER__DATABASE__PORT": "6432"}
+    result = apply_environment(config, env)
+    assert result["uploader"]["scan_interval_seconds"] == 5
+    assert result["uploader"]["database"] == {"host": "db", "password": "s3:cret", "port": 6432}
+    assert result["uploader"]["sftp"] == {"host_key_policy": "accept-new"}
+    assert result["uploader"]["plugins"] == {"disabled": ["audit"]}
+    assert config["uploader"]["database"] == {"host": "db"}, "the input is not changed"
+
+
+def test_unknown_key_from_the_environment_is_reported(tmp_path: Path) -> None:
+    from uploader_core.config import apply_environment
+
+    config = apply_environment(base_config(tmp_path), {"UPLOADER__SCAN_INTERVALL": "5"})
+    assert problems_of(config) == [
+        "uploader.scan_intervall: unknown key; did you mean 'scan_interval_seconds'?"]
