@@ -125,6 +125,8 @@ CORE_SECTION: Section = {
     "max_metadata_bytes": Field(int, 4 * 1024 * 1024, "largest JSON document accepted",
                                 minimum=2),
     "log_level": Field(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    "watch_pending_dir": Field(bool, True, "start a pass as soon as a new package settles "
+                               "(inotify); the periodic scan stays as the safety net"),
     "retry": {
         "initial_backoff_seconds": Field(float, 5.0, minimum=0),
         "max_backoff_seconds": Field(float, 300.0, minimum=0),
@@ -136,6 +138,22 @@ CORE_SECTION: Section = {
         "enabled": Field(bool, True, "serve the control socket to uploader status and tui"),
         "socket_path": Field(str, None, "default: uploader.sock beside pending_upload_dir"),
         "group": Field(str, None, "group allowed to attach; default: the engine's group"),
+    },
+    "retention": {
+        "max_age_days": Field(float, None, "delete archived packages older than this",
+                              minimum=0),
+        "max_total_bytes": Field(int, None, "keep the archive at most this large", minimum=0),
+        "min_free_bytes": Field(int, None, "keep this much free on the archive's filesystem",
+                                minimum=0),
+        "interval_seconds": Field(float, 600.0, "least time between two retention runs",
+                                  minimum=0),
+        "low_space_warning_bytes": Field(int, None, "warn when the pending directory's "
+                                         "filesystem has less free space", minimum=0),
+    },
+    "metrics": {
+        "textfile_path": Field(str, None, "node_exporter textfile (*.prom), rewritten per pass"),
+        "http_port": Field(int, None, "serve /metrics on 127.0.0.1 at this port",
+                           minimum=1, maximum=65535),
     },
 }
 

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -51,6 +51,8 @@ from .plugin_host import PluginHost
 from .queue_lock import QueueLock
 from .retry import Backoff, RetrySchedule
 from .scanner import Candidate, SettleTracker, scan
+from .systemd import Notifier
+from .watcher import PendingWatcher
 
 log = logging.getLogger("uploader")
 
@@ -74,7 +76,9 @@ class DataUploader:
         *,
         plugins: Iterable[tuple[str, object]] = (),
         load_entry_points: bool = True,
+        reload_config: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
+        self._reload_config = reload_config
         self._host = PluginHost()
         disabled = set(disabled_plugins(config))
         for name, plugin in plugins:
@@ -92,16 +96,15 @@ class DataUploader:
         self.pending_dir = Path(s["pending_upload_dir"])
         self.uploaded_dir = Path(s["uploaded_dir"])
         self.failed_dir = Path(s["failed_dir"])
-        self.scan_interval = float(s["scan_interval_seconds"])
-        self.orphan_timeout = float(s["orphan_timeout_seconds"])
-        self.max_metadata_bytes = int(s["max_metadata_bytes"])
-        backoff = Backoff(s["retry"]["initial_backoff_seconds"], s["retry"]["max_backoff_seconds"])
-        self._job_retries = RetrySchedule(backoff)
-        self._endpoint_retries = RetrySchedule(backoff)
-        self._settle = SettleTracker(float(s["settle_seconds"]))
+        self._job_retries = RetrySchedule(Backoff(0, 0))
+        self._endpoint_retries = RetrySchedule(Backoff(0, 0))
+        self._settle = SettleTracker(0)
+        self._apply_core_settings(s)
         self._reported: dict[str, str] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()  # ends the sleep between passes early
+        self._reload = threading.Event()
+        self.systemd = Notifier()
         self._paused = threading.Event()
         self._blocked_by: UploaderError | None = None
         self.monitor = Monitor()
@@ -137,24 +140,110 @@ class DataUploader:
         """
         self.claim_queue()
         restore = self._install_signal_handlers()
+        watcher = self._start_watcher()
+        unsubscribe = self.monitor.subscribe(lambda event: self.systemd.ping())
         log.info("uploader started: watching %s (plugins: %s)", self.pending_dir,
                  ", ".join(self.plugin_names))
+        self.systemd.ready("started")
         try:
             while not self._stop.is_set():
+                # Cleared before the pass: a wake-up during the pass starts the next at once.
+                self._wake.clear()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
                 if not self._paused.is_set():
-                    self.run_once()
+                    results = self.run_once()
+                    self.systemd.status(self._status_line(results))
                 if self._stop.is_set():
                     break
                 self.monitor.set_state(EngineState.PAUSED if self._paused.is_set()
                                        else EngineState.IDLE)
-                self._wake.wait(self._next_delay())
-                self._wake.clear()
+                self._sleep(self._next_delay())
         finally:
+            self.systemd.stopping()
             self.monitor.set_state(EngineState.STOPPING)
+            unsubscribe()
+            if watcher is not None:
+                watcher.close()
             restore()
             self.close()
             self.monitor.set_state(EngineState.STOPPED)
             log.info("uploader stopped")
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for the next pass, still telling systemd's watchdog that the loop is alive."""
+        deadline = time.monotonic() + seconds
+        step = self.systemd.watchdog_interval or seconds
+        while not self._wake.is_set():
+            self.systemd.ping()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(left, step / 2))
+
+    def _start_watcher(self) -> PendingWatcher | None:
+        if not self.settings["watch_pending_dir"]:
+            return None
+        watcher = PendingWatcher(self.pending_dir, self._settle.settle_seconds, self.scan_now)
+        return watcher if watcher.start() else None
+
+    def _status_line(self, results: list[JobResult]) -> str:
+        counts = {o: 0 for o in Outcome}
+        for r in results:
+            counts[r.outcome] += 1
+        status = (f"{counts[Outcome.COMPLETED]} uploaded, {counts[Outcome.RETRY]} to retry, "
+                  f"{counts[Outcome.QUARANTINED]} quarantined, "
+                  f"{counts[Outcome.WAITING]} not ready in the last pass")
+        if self._blocked_by is not None:
+            status += f"; {self._blocked_by}"
+        return status[:400]
+
+    # --- configuration reload
+
+    def request_reload(self) -> None:
+        """Re-read the configuration between passes (SIGHUP does this); thread-safe."""
+        self._reload.set()
+        self._wake.set()
+
+    def reload(self) -> bool:
+        """Apply a new configuration now; False, keeping the old one, if it is invalid.
+
+        Directories and the set of plugins only change with a restart; everything else
+        (intervals, timeouts, retry, log level, the plugins' own settings) takes effect here.
+        """
+        if self._reload_config is None:
+            log.warning("reload requested, but this engine was not given a configuration "
+                        "source; nothing changed")
+            return False
+        self.systemd.reloading()
+        try:
+            new = validate(self._reload_config(), self._host.config_sections())
+            for key in ("pending_upload_dir", "uploaded_dir", "failed_dir", "plugins"):
+                if new[key] != self.settings[key]:
+                    log.warning("uploader.%s changed; it takes effect after a restart", key)
+                    new[key] = self.settings[key]
+            self._host.configure(new)
+        except ConfigurationError as exc:
+            log.error("configuration not reloaded, the old one stays in force: %s", exc)
+            self.systemd.reloaded("reload failed; running with the old configuration")
+            return False
+        self._apply_core_settings(new)
+        if new["log_level"] != self.settings["log_level"]:
+            logging.getLogger().setLevel(new["log_level"])
+        self.settings = new
+        log.info("configuration reloaded")
+        self.systemd.reloaded("configuration reloaded")
+        return True
+
+    def _apply_core_settings(self, s: Mapping[str, Any]) -> None:
+        self.scan_interval = float(s["scan_interval_seconds"])
+        self.orphan_timeout = float(s["orphan_timeout_seconds"])
+        self.max_metadata_bytes = int(s["max_metadata_bytes"])
+        backoff = Backoff(s["retry"]["initial_backoff_seconds"], s["retry"]["max_backoff_seconds"])
+        self._job_retries.backoff = backoff
+        self._endpoint_retries.backoff = backoff
+        self._settle.settle_seconds = float(s["settle_seconds"])
 
     def run_once(self) -> list[JobResult]:
         """One pass over the pending directory; what happened to each job seen."""
@@ -581,12 +670,19 @@ class DataUploader:
                 os.write(write_fd, bytes([signum]))
 
         def watch() -> None:
-            data = os.read(read_fd, 1)
-            if data and data != b"\0":
+            while True:
+                data = os.read(read_fd, 1)
+                if not data or data == b"\0":
+                    return
+                if data[0] == signal.SIGHUP:
+                    log.info("received SIGHUP; reloading the configuration")
+                    self.request_reload()
+                    continue
                 log.info("received %s; stopping", signal.Signals(data[0]).name)
                 self.request_stop()
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, handler)
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         watcher = threading.Thread(target=watch, name="uploader-signals", daemon=True)
         watcher.start()
 

@@ -38,3 +38,73 @@ def test_second_uploader_on_the_same_queue_exits_at_once_naming_the_first(site: 
         first.terminate()
         _, err = first.communicate(timeout=30)
     assert first.returncode == 0, err
+
+
+def test_sighup_reloads_the_configuration_file_and_keeps_running(site: Site) -> None:
+    import signal
+
+    import yaml
+
+    config = site.write_config()
+    engine = subprocess.Popen([sys.executable, "-m", "uploader_core.cli", "run", "-c",
+                               str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (site.pending / ".uploader.lock").exists()
+                 and (site.pending / ".uploader.lock").stat().st_size > 0, what="the start")
+        site.config["uploader"]["scan_interval_seconds"] = "often"
+        config.write_text(yaml.safe_dump(site.config))
+        engine.send_signal(signal.SIGHUP)
+        site.config["uploader"]["scan_interval_seconds"] = 0.5
+        time.sleep(1)  # two separate reloads, so the invalid one is seen on its own
+        config.write_text(yaml.safe_dump(site.config))
+        engine.send_signal(signal.SIGHUP)
+        from uploader_core.testing import write_package
+
+        write_package(site.pending, "evt_after_reload")
+        wait_for(lambda: (site.uploaded / "evt_after_reload.json").exists(),
+                 what="an upload after the reloads")
+        assert engine.poll() is None, "a reload must not stop the service"
+    finally:
+        engine.terminate()
+        _, err = engine.communicate(timeout=30)
+    assert "configuration not reloaded" in err and "scan_interval_seconds" in err
+    assert "configuration reloaded" in err
+    assert engine.returncode == 0
+
+
+def test_new_events_upload_within_a_second_of_settling(site: Site) -> None:
+    """Instant pick-up against the real servers: latency from settling to completed."""
+    import statistics
+    import threading
+
+    from uploader_core.monitor import EventKind
+    from uploader_core.testing import write_package
+
+    site.config["uploader"].update(scan_interval_seconds=3600, settle_seconds=0.5)
+    engine = site.engine()
+    completed: dict[str, float] = {}
+    arrived = threading.Condition()
+
+    def on_event(event: Any) -> None:
+        if event.kind is EventKind.COMPLETED:
+            with arrived:
+                completed[event.event_id] = event.time
+                arrived.notify_all()
+
+    engine.monitor.subscribe(on_event)
+    runner = threading.Thread(target=engine.run)
+    runner.start()
+    latencies = []
+    try:
+        for i in range(8):
+            write_package(site.pending, f"evt_{i}", video=1_000_000, age_seconds=0)
+            settled = (site.pending / f"evt_{i}.json").stat().st_mtime + 0.5
+            with arrived:
+                assert arrived.wait_for(lambda i=i: f"evt_{i}" in completed, 30)
+            latencies.append(completed[f"evt_{i}"] - settled)
+    finally:
+        engine.request_stop()
+        runner.join(30)
+    print(f"\nsettled -> completed: p50 {statistics.median(latencies):.2f} s, "
+          f"max {max(latencies):.2f} s over {len(latencies)} events (scan interval 1 h)")
+    assert not runner.is_alive()

@@ -1,0 +1,151 @@
+"""The service loop: instant pick-up, reload without restart, systemd notifications."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Rig, base_config
+
+from uploader_core import DataUploader
+from uploader_core.monitor import EventKind
+from uploader_core.testing import memory_plugins, write_package
+
+
+class Running:
+    """An engine's ``run()`` in a thread, stopped at the end."""
+
+    def __init__(self, engine: DataUploader) -> None:
+        self.engine = engine
+        self.completed: dict[str, float] = {}
+        self.passes = 0
+        self.done = threading.Condition()
+        engine.monitor.subscribe(self._on_event)
+        self.thread = threading.Thread(target=engine.run)
+
+    def _on_event(self, event: Any) -> None:
+        with self.done:
+            if event.kind is EventKind.COMPLETED:
+                self.completed[event.event_id] = time.time()
+            elif event.kind is EventKind.PASS_FINISHED:
+                self.passes += 1
+            self.done.notify_all()
+
+    def wait_passes(self, count: int, timeout: float = 10) -> None:
+        with self.done:
+            assert self.done.wait_for(lambda: self.passes >= count, timeout)
+
+    def wait_completed(self, event_id: str, timeout: float) -> float:
+        with self.done:
+            assert self.done.wait_for(lambda: event_id in self.completed, timeout), event_id
+            return self.completed[event_id]
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.request_stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_new_package_is_picked_up_when_it_settles_not_at_the_next_scan(
+    make_rig: Callable[..., Rig]
+) -> None:
+    rig = make_rig(scan_interval_seconds=3600, settle_seconds=0.3)
+    with Running(rig.engine) as running:
+        running.wait_passes(1)  # the first, empty pass is over; the next is the watcher's
+        write_package(rig.pending, "evt_now", age_seconds=0)
+        settled_at = (rig.pending / "evt_now.json").stat().st_mtime + 0.3
+        completed_at = running.wait_completed("evt_now", timeout=20)
+    print(f"\npicked up {completed_at - settled_at:.2f} s after settling (scan interval 1 h)")
+
+
+def test_without_inotify_the_periodic_scan_still_picks_packages_up(
+    make_rig: Callable[..., Rig]
+) -> None:
+    rig = make_rig(scan_interval_seconds=0.2, watch_pending_dir=False)
+    with Running(rig.engine) as running:
+        write_package(rig.pending, "evt_scan")
+        running.wait_completed("evt_scan", timeout=20)
+
+
+@pytest.fixture
+def reloadable(tmp_path: Path) -> tuple[DataUploader, dict[str, Any]]:
+    current = base_config(tmp_path, scan_interval_seconds=30)
+    _, _, plugins = memory_plugins()
+    engine = DataUploader(current, plugins=plugins, load_entry_points=False,
+                          reload_config=lambda: current)
+    return engine, current
+
+
+def test_reload_applies_new_settings_without_a_restart(
+    reloadable: tuple[DataUploader, dict[str, Any]]
+) -> None:
+    engine, current = reloadable
+    current["uploader"]["scan_interval_seconds"] = 7
+    current["uploader"]["retry"] = {"initial_backoff_seconds": 9, "max_backoff_seconds": 99}
+    current["uploader"]["memory_remote"] = {"note": "reloaded"}
+    assert engine.reload() is True
+    assert engine.scan_interval == 7
+    assert engine.settings["memory_remote"]["note"] == "reloaded"
+
+
+def test_invalid_reload_keeps_the_running_configuration(
+    reloadable: tuple[DataUploader, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, current = reloadable
+    current["uploader"]["scan_interval_seconds"] = "often"
+    assert engine.reload() is False
+    assert engine.scan_interval == 30
+    assert "scan_interval_seconds: expected a number" in caplog.text
+
+
+def test_directories_change_only_with_a_restart(
+    reloadable: tuple[DataUploader, dict[str, Any]], caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    engine, current = reloadable
+    old = engine.settings["pending_upload_dir"]
+    current["uploader"]["pending_upload_dir"] = str(tmp_path / "elsewhere")
+    assert engine.reload() is True
+    assert engine.settings["pending_upload_dir"] == old
+    assert "pending_upload_dir changed; it takes effect after a restart" in caplog.text
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(10)
+    yield sock
+    sock.close()
+
+
+def test_systemd_hears_ready_status_watchdog_and_stopping(
+    make_rig: Callable[..., Rig], notify_socket: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.getsockname())
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # ping every 0.2 s at most
+    rig = make_rig(scan_interval_seconds=0.3)
+    write_package(rig.pending, "evt_sd")
+    messages: list[str] = []
+    with Running(rig.engine) as running:
+        running.wait_completed("evt_sd", timeout=20)
+        deadline = time.monotonic() + 10
+        while not any("WATCHDOG=1" in m for m in messages) or len(messages) < 4:
+            assert time.monotonic() < deadline, messages
+            messages.append(notify_socket.recv(4096).decode())
+    messages.append(notify_socket.recv(4096).decode())
+    assert messages[0].startswith("READY=1")
+    assert any("STATUS=1 uploaded" in m for m in messages), messages
+    assert any("WATCHDOG=1" in m for m in messages)
+    while "STOPPING=1" not in messages[-1]:
+        messages.append(notify_socket.recv(4096).decode())

@@ -1,0 +1,100 @@
+"""Instant pick-up: watch the pending directory and start a pass once a new file settles.
+
+inotify (through the watchdog library) tells us when Module B writes; the periodic scan stays
+as the safety net, and where inotify is unavailable the engine simply relies on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+# A little past the settle time, so the pass finds the file settled by its mtime.
+MARGIN = 0.1
+
+
+def _not_a_shutdown_race(record: logging.LogRecord) -> bool:
+    # watchdog logs this at ERROR when an event arrives while its observer stops: harmless,
+    # and an operator reading it would look for a fault that is not there.
+    return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_not_a_shutdown_race)
+
+
+class PendingWatcher(FileSystemEventHandler):
+    """Calls ``on_settled()`` ``settle_seconds`` after the last change of a package file."""
+
+    def __init__(self, directory: Path, settle_seconds: float,
+                 on_settled: Callable[[], None]) -> None:
+        self.directory = directory
+        self.settle_seconds = settle_seconds
+        self._on_settled = on_settled
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._due: float | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._timer = threading.Thread(target=self._run_timer, name="uploader-watch-timer",
+                                       daemon=True)
+
+    def start(self) -> bool:
+        """Start watching; False (and a log line) when the platform cannot watch."""
+        try:
+            observer = Observer()
+            observer.schedule(self, str(self.directory), recursive=False)
+            observer.daemon = True
+            observer.start()
+        except Exception as exc:
+            log.warning("cannot watch %s (%s); new events are picked up by the periodic "
+                        "scan only", self.directory, exc)
+            return False
+        self._observer = observer
+        self._timer.start()
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._timer.is_alive():
+            self._timer.join(timeout=5)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = event.dest_path if event.event_type == "moved" and event.dest_path else \
+            event.src_path
+        name = Path(str(path)).name
+        if event.is_directory or name.startswith(".") or not name.endswith((".json", ".mp4")):
+            return
+        with self._cond:
+            self._due = time.monotonic() + self.settle_seconds + MARGIN
+            self._cond.notify_all()
+
+    def _run_timer(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._due is None:
+                    self._cond.wait()
+                    continue
+                left = self._due - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._due = None
+                self._cond.release()
+                try:
+                    self._on_settled()
+                except Exception:
+                    log.exception("starting a pass after a file event failed")
+                finally:
+                    self._cond.acquire()
