@@ -1,11 +1,39 @@
-"""Logging to stderr with timestamps: readable in a terminal and in journald alike."""
+"""Logging to stderr: timestamps in a terminal, syslog priorities under journald.
+
+Under systemd, journald adds its own timestamps and understands a ``<N>`` prefix as the
+message's priority, so ``journalctl -p warning`` shows the warnings and errors alone.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
+JOURNAL_FORMAT = "<%(priority)d>%(name)s: %(message)s"
+
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+               logging.CRITICAL: 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.priority = _PRIORITIES.get(record.levelno, 6)
+        # One journal entry per record: continuation lines (tracebacks) keep the priority.
+        text = super().format(record)
+        return text.replace("\n", f"\n<{record.priority}>")
+
+
+def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
+    """True when stderr is connected to journald (systemd sets ``$JOURNAL_STREAM``)."""
+    stream = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return bool(inode) and (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def setup(level: str = "INFO") -> None:
@@ -14,7 +42,10 @@ def setup(level: str = "INFO") -> None:
         if getattr(handler, "_uploader", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
+    if stderr_is_journal():
+        handler.setFormatter(_JournalFormatter(JOURNAL_FORMAT))
+    else:
+        handler.setFormatter(logging.Formatter(FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
     handler._uploader = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
