@@ -19,10 +19,10 @@ _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ER
 
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        record.priority = _PRIORITIES.get(record.levelno, 6)
+        priority = _PRIORITIES.get(record.levelno, 6)
+        record.priority = priority  # type: ignore[attr-defined]
         # One journal entry per record: continuation lines (tracebacks) keep the priority.
-        text = super().format(record)
-        return text.replace("\n", f"\n<{record.priority}>")
+        return super().format(record).replace("\n", f"\n<{priority}>")
 
 
 def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
