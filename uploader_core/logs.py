@@ -20,7 +20,7 @@ _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ER
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITIES.get(record.levelno, 6)
-        record.priority = priority  # type: ignore[attr-defined]
+        record.priority = priority
         # One journal entry per record: continuation lines (tracebacks) keep the priority.
         return super().format(record).replace("\n", f"\n<{priority}>")
 
