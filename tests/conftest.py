@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from servers import PostgresEndpoint, PostgresServer, SftpDirs, SftpServer
+from servers.local_pgbouncer import LocalPgBouncer, PgBouncerUnavailable
 from servers.pool import ServerPool
 
 _SERVER_FIXTURES = ("postgres_server", "sftp_server", "sftp_chroot_server")
@@ -57,6 +58,21 @@ def sftp_chroot_server(server_pool: ServerPool) -> SftpServer:
         return server_pool.sftp(chroot=True)
     except PermissionError as error:
         pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(server_pool: ServerPool) -> LocalPgBouncer:
+    """A PgBouncer in transaction pooling mode in front of ``postgres_server``.
+
+    ``endpoint_for(pg_endpoint)`` reaches a test's database through it; ``pool_size`` is its
+    ``default_pool_size``. Skips when pgbouncer is not installed.
+    """
+    try:
+        server: LocalPgBouncer = server_pool.pgbouncer()
+    except PgBouncerUnavailable as error:
+        pytest.skip(str(error))
+    server.ensure_running()
+    return server
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Site
 from servers.tls import make_server_certificate
+from sites import Site
 
 from uploader_core import Outcome
 from uploader_core.testing import write_package

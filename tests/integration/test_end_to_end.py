@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Site, run_cli, snapshot
+from sites import Site, run_cli, snapshot
 
 from uploader_core import Outcome
 from uploader_core.testing import sample_document, write_package

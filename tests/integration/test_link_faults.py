@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import Site, snapshot
+from sites import Site, snapshot
 
 from uploader_chaos.proxy import FaultProxy
 from uploader_core import Outcome, Phase

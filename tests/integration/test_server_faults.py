@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Site, snapshot
 from hook_actions import AfterHook
+from sites import Site, snapshot
 
 from uploader_core import Outcome, Phase
 from uploader_core.testing import write_package

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Site
+from sites import Site
 
 pytestmark = pytest.mark.integration
 

@@ -54,6 +54,11 @@ class ServerPool:
         )
         return server
 
+    def pgbouncer(self) -> Any:
+        """A PgBouncer (transaction pooling) in front of ``postgres()``, run locally."""
+        postgres = self.postgres()  # outside _get: the lock is not reentrant
+        return self._get("pgbouncer", lambda: self._start_pgbouncer(postgres))
+
     def _get(self, name: str, factory: Callable[[], Any]) -> Any:
         with self._lock:
             if name not in self._servers:
@@ -88,6 +93,15 @@ class ServerPool:
         if chroot and not system.is_root():
             raise PermissionError("sshd can only chroot its users when it runs as root")
         server = LocalSshd(self._workspace("sshd", for_chroot=chroot), chroot=chroot)
+        self._closables.append(server)
+        server.setup()
+        return server
+
+    def _start_pgbouncer(self, postgres: PostgresServer) -> Any:
+        # Both providers: a docker PostgreSQL is reached on a loopback port like a local one.
+        from .local_pgbouncer import LocalPgBouncer
+
+        server = LocalPgBouncer(self._workspace("pgbouncer"), postgres)
         self._closables.append(server)
         server.setup()
         return server

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Rig, visible
+from engine_rig import Rig, visible
 
 from uploader_core import Outcome
 from uploader_core.testing import sample_document, write_package

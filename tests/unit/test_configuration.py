@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import base_config
+from engine_rig import base_config
 
 from uploader_core import ConfigurationError, DataUploader
 from uploader_core.config import load_file

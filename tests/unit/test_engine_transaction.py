@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import Rig, all_bytes, visible
+from engine_rig import Rig, all_bytes, visible
 
 from uploader_core import (
     ConfigurationError,

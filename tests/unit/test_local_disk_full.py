@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Rig, all_bytes
+from engine_rig import Rig, all_bytes
 
 from uploader_core import Outcome, Phase
 from uploader_core.testing import write_package

@@ -6,7 +6,7 @@ import json
 import threading
 
 import pytest
-from conftest import Rig
+from engine_rig import Rig
 
 from uploader_core import EndpointUnavailable, Outcome, PermanentJobError
 from uploader_core.monitor import Event, EventKind

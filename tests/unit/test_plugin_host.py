@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import base_config
+from engine_rig import base_config
 
 from uploader_core import ConfigurationError, DataUploader, hookimpl, hookspecs
 from uploader_core.plugin_host import PluginHost

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Rig
+from engine_rig import Rig
 
 from uploader_core.queue_lock import QueueBusy, QueueLock
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Rig, base_config
+from engine_rig import Rig, base_config
 
 from uploader_core import DataUploader
 from uploader_core.monitor import EventKind
