@@ -49,6 +49,7 @@ from .package import (
 )
 from .plugin_host import PluginHost
 from .queue_lock import QueueLock
+from .retention import Retention
 from .retry import Backoff, RetrySchedule
 from .scanner import Candidate, SettleTracker, scan
 from .systemd import Notifier
@@ -117,6 +118,9 @@ class DataUploader:
                 raise ConfigurationError(f"cannot create directory {path}: {exc.strerror}",
                                          setting=f"uploader.{key}") from exc
         self._host.configure(s)
+        self.retention = Retention(s["retention"], self.uploaded_dir,
+                                   confirm=self._host.confirm_completed,
+                                   pending_dir=self.pending_dir, should_stop=self._stop.is_set)
         self._load_quarantined()
 
     # --- public API
@@ -155,6 +159,8 @@ class DataUploader:
                 if not self._paused.is_set():
                     results = self.run_once()
                     self.systemd.status(self._status_line(results))
+                    if self._blocked_by is None and not self._stop.is_set():
+                        self.retention.run_if_due()
                 if self._stop.is_set():
                     break
                 self.monitor.set_state(EngineState.PAUSED if self._paused.is_set()
@@ -219,7 +225,8 @@ class DataUploader:
         self.systemd.reloading()
         try:
             new = validate(self._reload_config(), self._host.config_sections())
-            for key in ("pending_upload_dir", "uploaded_dir", "failed_dir", "plugins"):
+            for key in ("pending_upload_dir", "uploaded_dir", "failed_dir", "plugins", "metrics",
+                        "control"):
                 if new[key] != self.settings[key]:
                     log.warning("uploader.%s changed; it takes effect after a restart", key)
                     new[key] = self.settings[key]
@@ -229,6 +236,7 @@ class DataUploader:
             self.systemd.reloaded("reload failed; running with the old configuration")
             return False
         self._apply_core_settings(new)
+        self.retention.reconfigure(new["retention"])
         if new["log_level"] != self.settings["log_level"]:
             logging.getLogger().setLevel(new["log_level"])
         self.settings = new

@@ -12,7 +12,7 @@ Conventions for implementers:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from .config import Section
@@ -153,4 +153,20 @@ def uploader_check() -> Sequence[CheckResult]:
 
     Return one :class:`CheckResult` per item (reachable, host key, authentication, directory
     writable, table present, ...). Must not raise for a failed item: report it.
+    """
+
+
+# --- housekeeping
+
+
+@hookspec
+def confirm_completed(event_ids: Sequence[str]) -> Collection[str] | None:
+    """Called by archive retention, between passes, before it deletes archived packages.
+
+    ``event_ids`` is a batch of at most a few hundred valid event ids, oldest package first.
+    Return those whose record says the event is completed (uploaded and recorded), or
+    ``None`` if this plugin keeps no record. A package is deleted only when every plugin that
+    answered confirms its id; when no plugin answers, nothing is ever deleted. Must not change
+    anything. Raise :class:`EndpointUnavailable` (or any error) when the store cannot be
+    asked: that run of retention then deletes nothing more and is tried again later.
     """

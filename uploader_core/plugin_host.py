@@ -118,6 +118,21 @@ class PluginHost:
         self._call_each("post_quarantine", f"in post_quarantine for {event_id}",
                         event_id=event_id, reason=reason)
 
+    def confirm_completed(self, event_ids: Sequence[str]) -> set[str] | None:
+        """The ids of ``event_ids`` that every answering plugin confirms completed.
+
+        ``None`` when no plugin answers (none implements the hook, or each returned None):
+        then nothing can be confirmed. Errors of the plugins propagate.
+        """
+        ids = list(event_ids)
+        answers = self._pm.hook.confirm_completed(event_ids=ids)
+        if not answers:
+            return None
+        confirmed = set(ids)
+        for answer in answers:
+            confirmed.intersection_update(answer)
+        return confirmed
+
     def init_storage(self) -> None:
         self._pm.hook.uploader_init_storage()
 

@@ -53,6 +53,7 @@ class MemoryStore:
         self.records: dict[str, Record] = {}
         self.store_faults = _Faults()
         self.complete_faults = _Faults()
+        self.confirm_faults = _Faults()
         self.calls: list[str] = []
 
     @hookimpl
@@ -81,6 +82,14 @@ class MemoryStore:
         record.status = "completed"
         record.remote_video_path = receipts[0].remote_video_path
         record.remote_json_path = receipts[0].remote_json_path
+
+    @hookimpl
+    def confirm_completed(self, event_ids: Sequence[str]) -> set[str]:
+        self.calls.append(f"confirm:{len(event_ids)}")
+        self.confirm_faults.maybe_raise()
+        return {event_id for event_id in event_ids
+                if (record := self.records.get(event_id)) is not None
+                and record.status == "completed"}
 
 
 class MemoryRemote:

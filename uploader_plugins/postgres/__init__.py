@@ -125,6 +125,14 @@ class PostgresPlugin:
                                      "completed; it will be recorded again", endpoint=ENDPOINT)
 
     @hookimpl
+    def confirm_completed(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        with self.db.cursor("confirming completed events") as cur:
+            cur.execute(schema.statement(schema.CONFIRM_COMPLETED, self.table), (list(event_ids),))
+            return {row[0] for row in cur.fetchall()}
+
+    @hookimpl
     def uploader_init_storage(self) -> None:
         with self.db.cursor("creating the events table") as cur, cur.connection.transaction():
             # Two devices running init-db at once must not race on the catalog.

@@ -67,6 +67,11 @@ UPDATE {table} SET
 WHERE event_id = %(event_id)s
 """
 
+# Archive retention deletes a local copy only when the table says the event is completed.
+CONFIRM_COMPLETED = """
+SELECT event_id FROM {table} WHERE status = 'completed' AND event_id = ANY(%s)
+"""
+
 REQUIRED_COLUMNS = frozenset({
     "event_id", "status", "metadata", "remote_video_path", "remote_json_path", "json_bytes",
     "video_bytes", "json_sha256", "video_sha256", "attempts", "created_at", "updated_at",
