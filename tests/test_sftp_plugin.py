@@ -859,3 +859,42 @@ def test_a_server_that_loses_writes_is_caught_by_the_size_check(
 
     assert not isinstance(caught.value, EndpointUnavailable)
     assert not (hosted.root / "videos" / "evt_short.mp4").exists()
+
+
+# --- resume sampling and pacing, without a server ----------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 1000, 64 * 1024, 64 * 1024 + 1, 200 * 1024, 50 * MiB])
+def test_the_blocks_read_back_cover_the_tail_and_never_overlap(length: int) -> None:
+    from uploader_plugins.sftp.resume import TAIL_BYTES, sample_blocks
+
+    for _ in range(20):
+        blocks = sample_blocks(length)
+        assert blocks == sorted(blocks)
+        assert blocks[-1] == (max(0, length - TAIL_BYTES), min(length, TAIL_BYTES))
+        ends = [0] + [at + size for at, size in blocks]
+        assert all(at >= end for (at, _), end in zip(blocks, ends, strict=False))
+        assert sum(size for _, size in blocks) <= 256 * 1024
+
+
+def test_the_rate_limiter_sleeps_once_per_deficit_and_wakes_on_a_new_rate() -> None:
+    from uploader_plugins.sftp.throttle import RateLimiter
+
+    limiter = RateLimiter(0)
+    started = time.monotonic()
+    for _ in range(10_000):
+        limiter.pace(32768)  # no cap: no pacing at all
+    assert time.monotonic() - started < 0.5
+
+    limiter.set_rate(100_000)
+    started = time.monotonic()
+    for _ in range(20):
+        limiter.pace(10_000)  # 200 kB at 100 kB/s, less the 0.1 s burst and the last write
+    assert 1.5 < time.monotonic() - started < 2.2
+
+    limiter.set_rate(10)  # the next write of 10 kB stands for 1000 s of sleep
+    limiter.pace(10_000)
+    threading.Timer(0.3, limiter.set_rate, (0,)).start()
+    started = time.monotonic()
+    limiter.pace(10_000)
+    assert time.monotonic() - started < 1.0

@@ -8,6 +8,9 @@ Modules:
 - :mod:`.connection`: the SSH connection and SFTP session, with timeouts and interrupts;
 - :mod:`.failures`: what a failed SFTP operation means to the engine;
 - :mod:`.transfer`: streaming each file to a temporary name and renaming it into place;
+- :mod:`.resume`: which blocks prove a partial remote file is a prefix of the video, and the
+  hash states that spare hashing the same prefix again on every resume;
+- :mod:`.throttle`: the bandwidth cap;
 - :mod:`.plugin`: the hooks.
 """
 

@@ -5,10 +5,20 @@ plugin object, so connections and interrupt requests never leak from one engine 
 
 Threading: every hook runs on the engine's thread except :meth:`SftpPlugin.uploader_interrupt`,
 which only sets a flag and shuts sockets down (see :class:`.connection.Interrupter`).
+:meth:`SftpPlugin.uploader_configure` may also come while a transfer is under way: the new
+bandwidth cap applies to it at once, and a connection whose settings changed is dropped only
+once that transfer is over.
+
+Temporary files of quarantined events: ``post_quarantine`` removes them on the server, over
+the kept connection or a new one. When the server cannot be reached they are remembered and
+removed at the next connection; until then no further connection is attempted for that
+purpose, so that a server that is down does not cost a connection timeout per quarantined
+package.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import posixpath
 import re
@@ -26,9 +36,11 @@ from uploader_core.plugin import hookimpl
 
 from . import connection, hostkeys
 from .connection import Interrupter, Session
-from .failures import ConnectionLost, RemoteOp, translate
+from .failures import ConnectionLost, RemoteOp, is_sftp_status, translate
+from .resume import PrefixHashes
 from .settings import PREFIX, SftpSettings, config_sections, load_private_key, setting
-from .transfer import Transfer
+from .throttle import RateLimiter
+from .transfer import Transfer, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,9 @@ CHECK_AUTH = "sftp: authentication"
 CHECK_VIDEO_DIR = "sftp: remote_video_dir writable"
 CHECK_JSON_DIR = "sftp: remote_json_dir writable"
 CHECKS = (CHECK_CONNECT, CHECK_HOST_KEY, CHECK_AUTH, CHECK_VIDEO_DIR, CHECK_JSON_DIR)
+
+# Temporary files of quarantined events still to remove, at most (the oldest are forgotten).
+_MAX_LEFTOVERS = 10_000
 
 
 def _local(exc: BaseException) -> bool:
@@ -61,6 +76,15 @@ class SftpPlugin:
         self._key: paramiko.PKey | None = None
         self._session: Session | None = None
         self._interrupter = Interrupter()
+        self._limiter = RateLimiter()
+        self._hashes = PrefixHashes()
+        self._transferring = False
+        # The kept session was made with settings that have changed since: drop it at next use.
+        self._session_outdated = False
+        # Remote temporary files of quarantined events, to remove; in order of quarantine.
+        self._leftovers: dict[str, None] = {}
+        # A connection made only to remove leftovers failed: wait for the next transfer's.
+        self._cleanup_deferred = False
         self.connections_made = 0  # SSH handshakes done by this plugin, for logs and tests
 
     # --- set-up and tear-down
@@ -71,18 +95,35 @@ class SftpPlugin:
 
     @hookimpl
     def uploader_configure(self, config: Mapping[str, Any]) -> None:
+        # Everything is read and checked before anything changes: a reload that fails keeps
+        # the plugin on its old settings.
         settings = SftpSettings.from_config(config)
         key = load_private_key(config, settings.key_path)
-        self._drop_session()
+        old, old_key = self._settings, self._key
         self._settings, self._key = settings, key
-        log.debug("SFTP uploads go to %s@%s (ciphers %s)", settings.username,
-                  settings.address, ", ".join(settings.ciphers))
+        self._limiter.set_rate(settings.bandwidth_bytes_per_second)
+        if old is not None and old_key is not None and (
+                old.connection_settings != settings.connection_settings
+                or old_key.asbytes() != key.asbytes()):
+            if self._session is not None:
+                log.info("SFTP connection settings changed; the connection to %s will be "
+                         "made again", old.address)
+            if self._transferring:
+                self._session_outdated = True  # the transfer under way keeps its connection
+            else:
+                self._drop_session()
+        cap = (f"capped at {settings.bandwidth_limit_kbps:g} kbps"
+               if settings.bandwidth_limit_kbps else "no bandwidth cap")
+        log.debug("SFTP uploads go to %s@%s (ciphers %s; %s)", settings.username,
+                  settings.address, ", ".join(settings.ciphers), cap)
 
     @hookimpl
     def uploader_interrupt(self) -> None:
         # Called from another thread: a flag and socket shutdowns, nothing that can block.
         with suppress(Exception):
             self._interrupter.interrupt()
+        with suppress(Exception):
+            self._limiter.wake()
 
     @hookimpl
     def uploader_shutdown(self) -> None:
@@ -97,12 +138,23 @@ class SftpPlugin:
         settings, _ = self._configured()
         if not _SAFE_NAME.fullmatch(job.event_id):
             raise PermanentJobError(f"event id {job.event_id!r} cannot name a remote file")
+        self._transferring = True
+        try:
+            return self._transfer(job, progress, settings)
+        finally:
+            self._transferring = False
+
+    def _transfer(self, job: Job, progress: ProgressCallback,
+                  settings: SftpSettings) -> TransferReceipt:
         total = job.video_size + job.json_size
         for attempt in (1, 2):
             self._interrupter.check(f"uploading {job.event_id}")
             session, reused = self._use_session()
-            transfer = Transfer(session, settings, self._interrupter, progress, total)
+            transfer = Transfer(session, settings, self._interrupter, progress, total,
+                                limiter=self._limiter, hashes=self._hashes)
             try:
+                if self._leftovers:
+                    self._remove_leftovers(session)
                 return transfer.run(job)
             except ConnectionLost as exc:
                 self._drop_session()
@@ -122,6 +174,47 @@ class SftpPlugin:
                                       "stopping", endpoint="sftp") from exc
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @hookimpl
+    def post_quarantine(self, event_id: str, reason: str) -> None:
+        """Remove the event's temporary files from the server; best effort, never raises."""
+        try:
+            self._forget_event(event_id)
+        except Exception:  # never: whatever happens here must not disturb the engine
+            log.warning("could not remove the temporary SFTP files of quarantined %r",
+                        event_id, exc_info=True)
+
+    def _forget_event(self, event_id: str) -> None:
+        settings = self._settings
+        if settings is None or not _SAFE_NAME.fullmatch(event_id):
+            # No upload was ever started under a name that is not a safe event id.
+            return
+        for directory, suffix in ((settings.remote_video_dir, ".mp4"),
+                                  (settings.remote_json_dir, ".json")):
+            path = posixpath.join(directory, temporary_name(f"{event_id}{suffix}"))
+            self._leftovers.pop(path, None)
+            self._leftovers[path] = None
+        while len(self._leftovers) > _MAX_LEFTOVERS:
+            del self._leftovers[next(iter(self._leftovers))]
+        if self._interrupter.requested:
+            return
+        session = self._session
+        if session is None or not session.alive() or self._session_outdated:
+            if self._cleanup_deferred:
+                return
+            try:
+                session, _ = self._use_session()
+            except Exception as exc:
+                self._cleanup_deferred = True
+                log.info("temporary files of quarantined %s stay on the SFTP server until the "
+                         "next connection: %s", event_id, exc)
+                return
+        try:
+            self._remove_leftovers(session)
+        except UploaderError as exc:
+            self._drop_session()
+            log.info("temporary files of quarantined %s stay on the SFTP server until the "
+                     "next connection: %s", event_id, exc)
 
     # --- commands
 
@@ -236,6 +329,9 @@ class SftpPlugin:
     def _use_session(self) -> tuple[Session, bool]:
         """The kept session if it is still alive, else a new one; and whether it was kept."""
         session = self._session
+        if session is not None and self._session_outdated:
+            self._drop_session()
+            session = None
         if session is not None and session.alive():
             return session, True
         if session is not None:
@@ -246,10 +342,33 @@ class SftpPlugin:
         session = connection.connect(settings, key, self._interrupter)
         self.connections_made += 1
         self._session = session
+        self._cleanup_deferred = False
         return session, False
+
+    def _remove_leftovers(self, session: Session) -> None:
+        """Remove remembered temporary files; the ones that remain stay remembered.
+
+        A file the server refuses to remove is reported and forgotten; a connection problem
+        raises the engine's error for it.
+        """
+        settings, _ = self._configured()
+        for path in list(self._leftovers):
+            try:
+                session.sftp.remove(path)
+            except Exception as exc:
+                missing = isinstance(exc, OSError) and exc.errno == errno.ENOENT
+                if not missing and not is_sftp_status(exc, session):
+                    raise translate(exc, RemoteOp(f"removing {path}"), session,
+                                    self._interrupter, settings.timeout) from exc
+                if not missing:
+                    log.warning("cannot remove %s on %s: %s", path, settings.address, exc)
+            else:
+                log.info("removed %s on %s: its event was quarantined", path, settings.address)
+            del self._leftovers[path]
 
     def _drop_session(self) -> None:
         session, self._session = self._session, None
+        self._session_outdated = False
         if session is not None:
             self._interrupter.unregister(session.sock)
             session.close()

@@ -72,6 +72,12 @@ def config_sections() -> dict[str, Section]:
                                      minimum=0.1),
             "ciphers": Field(list, list(DEFAULT_CIPHERS),
                              "SSH ciphers in order of preference"),
+            "bandwidth_limit_kbps": Field(
+                float, None,
+                "upload rate cap in kilobits per second (1 kbps = 1000 bit/s, so 8000 is "
+                "1 MB/s) of file data; 0 or null: no cap. A reload applies a new cap at once, "
+                "to the transfer under way too",
+                minimum=0),
         }
     }
 
@@ -98,6 +104,18 @@ class SftpSettings:
     host_key_policy: str
     timeout: float
     ciphers: tuple[str, ...]
+    bandwidth_limit_kbps: float = 0.0
+
+    @property
+    def bandwidth_bytes_per_second(self) -> float:
+        """The cap in bytes per second; 0 means none."""
+        return self.bandwidth_limit_kbps * 1000 / 8
+
+    @property
+    def connection_settings(self) -> tuple[object, ...]:
+        """Everything a connection is made with: when any of it changes, reconnect."""
+        return (self.host, self.port, self.username, self.key_path, self.known_hosts_path,
+                self.host_key_policy, self.timeout, self.ciphers)
 
     @property
     def address(self) -> str:
@@ -121,6 +139,7 @@ class SftpSettings:
             host_key_policy=str(section["host_key_policy"]),
             timeout=float(section["timeout_seconds"]),
             ciphers=_ciphers(section["ciphers"]),
+            bandwidth_limit_kbps=float(section.get("bandwidth_limit_kbps") or 0),
         )
 
 

@@ -19,6 +19,14 @@ Why it is written this way:
   the temporary file is then compared with what was sent.
 - Memory stays flat whatever the size: one reusable buffer of about 1 MiB, and the server's
   channel window bounds what is in flight.
+- Resuming: a video whose temporary file is already on the server (an earlier attempt was cut)
+  continues from that file's size, once a sample of its blocks read back matches the local
+  video (:mod:`.resume`); otherwise, or when the temporary file is larger than the video, it
+  is written again from the start. The temporary name being deterministic is what makes this
+  possible. The JSON document is small and always written whole.
+- The bandwidth cap (:mod:`.throttle`) is applied per write request, and each read from the
+  local file is then kept to about a second's worth, so progress is reported at least that
+  often on a slow cap.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -38,7 +47,9 @@ from uploader_core.job import Job, ProgressCallback, TransferReceipt
 
 from .connection import Interrupter, Session
 from .failures import RemoteOp, is_sftp_status, translate
+from .resume import Checkpoints, FileKey, PrefixHashes, sample_blocks
 from .settings import SftpSettings, setting
+from .throttle import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,11 @@ class _Readable(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
+class _Video(_Readable, Protocol):
+    def fileno(self) -> int: ...
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+
+
 def temporary_name(name: str) -> str:
     """The deterministic name a file has on the server until it is complete."""
     return f".{name}.part"
@@ -65,21 +81,29 @@ class Transfer:
     """Uploads the two files of one job over one session."""
 
     def __init__(self, session: Session, settings: SftpSettings, interrupter: Interrupter,
-                 progress: ProgressCallback, total: int) -> None:
+                 progress: ProgressCallback, total: int, *, limiter: RateLimiter,
+                 hashes: PrefixHashes) -> None:
         self._session = session
         self._settings = settings
         self._interrupter = interrupter
         self._progress = progress
         self._total = total
+        self._limiter = limiter
+        self._hashes = hashes
         self._done = 0
 
     def run(self, job: Job) -> TransferReceipt:
-        video_hash = hashlib.sha256()
-        with job.open_video() as video:
-            video_path = self._send(cast(_Readable, video), job.video_size, f"{job.event_id}.mp4",
-                                    "remote_video_dir", video_hash)
-        json_path = self._send(io.BytesIO(job.document), job.json_size,
-                               f"{job.event_id}.json", "remote_json_dir", None)
+        with job.open_video() as opened:
+            video = cast(_Video, opened)
+            st = os.fstat(video.fileno())
+            key: FileKey = (str(job.video_path), st.st_dev, st.st_ino, st.st_size,
+                            st.st_mtime_ns)
+            video_path, video_hash = self._send(video, job.video_size, f"{job.event_id}.mp4",
+                                                "remote_video_dir", resume=key)
+        self._hashes.forget(key)
+        json_path, _ = self._send(io.BytesIO(job.document), job.json_size,
+                                  f"{job.event_id}.json", "remote_json_dir", resume=None)
+        assert video_hash is not None
         return TransferReceipt(destination=DESTINATION, remote_video_path=video_path,
                                remote_json_path=json_path,
                                video_sha256=video_hash.hexdigest())
@@ -87,7 +111,12 @@ class Transfer:
     # --- one file
 
     def _send(self, source: _Readable, size: int, name: str, dir_key: str,
-              hasher: hashlib._Hash | None) -> str:
+              resume: FileKey | None) -> tuple[str, hashlib._Hash | None]:
+        """Upload ``source`` as ``name``; return its final path and, when resumable, its hash.
+
+        ``resume`` identifies a local file (then ``source`` is a :class:`_Video`) whose
+        temporary remote file may be continued; None writes the file whole, unhashed.
+        """
         directory = getattr(self._settings, dir_key)
         dir_setting = setting(dir_key)
         temporary = posixpath.join(directory, temporary_name(name))
@@ -95,18 +124,41 @@ class Transfer:
         sftp = self._session.sftp
         where = self._settings.address
 
-        with self._op(RemoteOp(f"creating {temporary}", dir_setting,
-                               missing=f"remote directory {directory} does not exist on "
-                                       f"{where}")):
-            remote = sftp.open(temporary, "wb")
+        piece = self._write_size()
+        buffer = bytearray(piece * max(1, _READ_SIZE // piece))
+        checkpoints: Checkpoints | None = None
+        offset = 0
+        remote: paramiko.SFTPFile | None = None
+        if resume is not None:
+            checkpoints = self._hashes.recorder(resume, size)
+            offset = self._resume_point(cast(_Video, source), size, temporary, dir_setting)
+            if offset:
+                remote = self._open_to_resume(temporary, dir_setting, offset)
+                if remote is None:
+                    offset = 0
+        if remote is None:
+            with self._op(RemoteOp(f"creating {temporary}", dir_setting,
+                                   missing=f"remote directory {directory} does not exist on "
+                                           f"{where}")):
+                remote = sftp.open(temporary, "wb")
+        hasher: hashlib._Hash | None = None
         try:
-            self._stream(source, size, name, remote, temporary, dir_setting, hasher)
+            if checkpoints is not None:
+                hasher = (self._hash_prefix(cast(_Video, source), offset, checkpoints,
+                                            memoryview(buffer))
+                          if offset else hashlib.sha256())
+            if offset:
+                self._done += offset
+                self._progress(self._done, self._total)
+            self._stream(source, size, offset, name, remote, temporary, dir_setting, hasher,
+                         checkpoints, piece, buffer)
             with self._op(RemoteOp(f"closing {temporary}", dir_setting)):
                 remote.close()
         except BaseException:
-            # Leave the partial file: it is under its temporary name, and harmless. Close it
-            # only while the connection is healthy (an interrupted job, a local read error);
-            # a broken connection is dropped instead of waited on.
+            # Leave the partial file: it is under its temporary name, harmless, and the next
+            # attempt resumes it. Close it only while the connection is healthy (an
+            # interrupted job, a local read error); a broken connection is dropped instead of
+            # waited on.
             if self._session.alive() and not self._interrupter.requested:
                 with suppress(Exception):
                     remote.close()
@@ -121,26 +173,29 @@ class Transfer:
                 endpoint=DESTINATION,
             )
         self._rename(temporary, final, dir_setting)
-        log.debug("uploaded %s (%d bytes)", final, size)
-        return final
+        if offset:
+            log.debug("uploaded %s (%d bytes, %d of them resumed)", final, size, offset)
+        else:
+            log.debug("uploaded %s (%d bytes)", final, size)
+        return final, hasher
 
-    def _stream(self, source: _Readable, size: int, name: str, remote: paramiko.SFTPFile,
-                temporary: str, dir_setting: str, hasher: hashlib._Hash | None) -> None:
-        piece = self._write_size()
-        buffer = bytearray(piece * max(1, _READ_SIZE // piece))
+    def _stream(self, source: _Readable, size: int, sent: int, name: str,
+                remote: paramiko.SFTPFile, temporary: str, dir_setting: str,
+                hasher: hashlib._Hash | None, checkpoints: Checkpoints | None, piece: int,
+                buffer: bytearray) -> None:
+        """Send ``source`` from byte ``sent`` (where it is positioned) to ``size``."""
         view = memoryview(buffer)
+        limiter = self._limiter
         remote.set_pipelined(True)
         write_op = RemoteOp(f"writing {temporary}", dir_setting, failure=EndpointUnavailable,
                             hint=" (is the server's disk full?)")
-        sent = 0
         while sent < size:
-            try:
-                got = source.readinto(view[: min(len(buffer), size - sent)]) or 0
-            except OSError as exc:
-                raise TransientError(f"cannot read {name}: {exc.strerror or exc}") from exc
-            if got == 0:
-                raise TransientError(f"{name} is shorter than when it was validated "
-                                     f"({sent} of {size} bytes); it will be retried")
+            want = min(len(buffer), size - sent)
+            rate = limiter.rate
+            if rate:
+                # About a second's worth per read, so that progress keeps coming on a slow cap.
+                want = min(want, max(piece, int(rate) // piece * piece))
+            got = self._read(source, view[:want], name, sent, size)
             data = view[:got]
             if hasher is not None:
                 hasher.update(data)
@@ -148,13 +203,109 @@ class Transfer:
             with self._op(write_op):
                 for start in range(0, got, piece):
                     end = min(start + piece, got)
+                    if limiter.rate:
+                        limiter.pace(end - start)
+                        self._interrupter.check(f"uploading {name}")
                     if last and end == got:
                         # Unpipelined: waits for and checks every pending acknowledgement.
                         remote.set_pipelined(False)
                     remote.write(data[start:end])
             sent += got
+            if checkpoints is not None and hasher is not None:
+                checkpoints.record(sent, hasher)
             self._done += got
             self._progress(self._done, self._total)
+
+    @staticmethod
+    def _read(source: _Readable, into: memoryview, name: str, sent: int, size: int) -> int:
+        try:
+            got = source.readinto(into) or 0
+        except OSError as exc:
+            raise TransientError(f"cannot read {name}: {exc.strerror or exc}") from exc
+        if got == 0:
+            raise TransientError(f"{name} is shorter than when it was validated "
+                                 f"({sent} of {size} bytes); it will be retried")
+        return got
+
+    # --- resuming
+
+    def _resume_point(self, video: _Video, size: int, temporary: str, dir_setting: str) -> int:
+        """How many bytes of the video the server's temporary file already holds, or 0.
+
+        0 when there is no such file, when it is larger than the video, when it cannot be
+        read back, or when a sampled block differs from the local video.
+        """
+        session = self._session
+        try:
+            partial = session.sftp.stat(temporary).st_size or 0
+        except FileNotFoundError:
+            return 0
+        except Exception as exc:
+            raise self._translate(exc, RemoteOp(f"looking at {temporary}", dir_setting)) \
+                from exc
+        if partial <= 0:
+            return 0
+        if partial > size:
+            log.info("%s on %s has %d bytes, more than the %d of the video; uploading it "
+                     "again from the start", temporary, self._settings.address, partial, size)
+            return 0
+        blocks = sample_blocks(partial)
+        try:
+            with session.sftp.open(temporary, "rb") as remote:
+                remote_blocks = list(remote.readv(blocks))
+        except Exception as exc:
+            # Refused (a write-only account), or shorter than it was a moment ago: start over.
+            if is_sftp_status(exc, session) or (isinstance(exc, EOFError) and session.alive()):
+                log.info("cannot read back %s on %s (%s); uploading it again from the start",
+                         temporary, self._settings.address, exc)
+                return 0
+            raise self._translate(exc, RemoteOp(f"reading back {temporary}", dir_setting)) \
+                from exc
+        fd = video.fileno()
+        for (at, length), remote_data in zip(blocks, remote_blocks, strict=True):
+            try:
+                local = os.pread(fd, length, at)
+            except OSError as exc:
+                raise TransientError(f"cannot read the video: {exc.strerror or exc}") from exc
+            if remote_data != local:
+                log.warning("%s on %s differs from the local video in bytes %d-%d; uploading "
+                            "it again from the start", temporary, self._settings.address, at,
+                            at + length - 1)
+                return 0
+        log.info("resuming %s on %s at byte %d of %d", temporary, self._settings.address,
+                 partial, size)
+        return partial
+
+    def _open_to_resume(self, temporary: str, dir_setting: str,
+                        offset: int) -> paramiko.SFTPFile | None:
+        """``temporary`` opened for writing at ``offset`` without truncating it; None if the
+        server refuses (it then gets written again from the start, or says why not)."""
+        session = self._session
+        try:
+            remote = session.sftp.open(temporary, "r+b")
+        except Exception as exc:
+            if is_sftp_status(exc, session):
+                log.info("cannot open %s on %s to resume it (%s); uploading it again from "
+                         "the start", temporary, self._settings.address, exc)
+                return None
+            raise self._translate(exc, RemoteOp(f"opening {temporary} to resume it",
+                                                dir_setting)) from exc
+        remote.seek(offset)
+        return remote
+
+    def _hash_prefix(self, video: _Video, offset: int, checkpoints: Checkpoints,
+                     view: memoryview) -> hashlib._Hash:
+        """The hash of the video's first ``offset`` bytes, read locally; leaves it there."""
+        at, hasher = checkpoints.best(offset)
+        video.seek(at)
+        while at < offset:
+            self._interrupter.check("hashing the video")
+            got = self._read(video, view[: min(len(view), offset - at)], "the video", at,
+                             offset)
+            hasher.update(view[:got])
+            at += got
+            checkpoints.record(at, hasher)
+        return hasher
 
     def _write_size(self) -> int:
         channel = self._session.sftp.get_channel()
