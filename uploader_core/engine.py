@@ -108,6 +108,7 @@ class DataUploader:
         self.systemd = Notifier()
         self._paused = threading.Event()
         self._blocked_by: UploaderError | None = None
+        self._transfer_progressed = False
         self.monitor = Monitor()
         self._lock = QueueLock(self.pending_dir)
         for key in ("pending_upload_dir", "uploaded_dir", "failed_dir"):
@@ -449,9 +450,12 @@ class DataUploader:
         return self._archive(job, time.monotonic() - started)
 
     def _transfer(self, job: Job) -> list[TransferReceipt]:
+        self._transfer_progressed = False
+
         def progress(done: int, total: int) -> None:
             if self._stop.is_set():
                 raise Interrupted(f"transfer of {job.event_id} abandoned: the uploader is stopping")
+            self._transfer_progressed = True
             self.monitor.progress(job.event_id, done, total)
 
         self.monitor.transfer_started(job.event_id, job.video_size + job.json_size)
@@ -581,6 +585,10 @@ class DataUploader:
                                          reason=str(exc)))
         if isinstance(exc, (EndpointUnavailable, ConfigurationError)):
             self._blocked_by = exc
+            if phase is Phase.TRANSFER and self._transfer_progressed:
+                # A link that breaks every few megabytes still makes progress (uploads
+                # resume): retry soon rather than backing off further each time.
+                self._endpoint_retries.forget("endpoints")
             delay = self._endpoint_retries.failed("endpoints")
             endpoint = exc.endpoint or "an endpoint"
             self.monitor.endpoint(exc.endpoint or "endpoint", False, str(exc))

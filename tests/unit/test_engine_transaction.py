@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from engine_rig import Rig, all_bytes, visible
@@ -17,6 +18,7 @@ from uploader_core import (
     Outcome,
     Phase,
     TransientError,
+    hookimpl,
 )
 from uploader_core.testing import write_package
 
@@ -274,3 +276,31 @@ def test_completed_event_arriving_again_with_different_content_is_quarantined(ri
     assert "different content" in (results[0].reason or "")
     assert (rig.failed / "evt_dup.json").exists()
     assert (rig.uploaded / "evt_dup.json").exists()
+
+
+class CutAfterProgress:
+    """A transfer that moves some bytes and then loses its link, every time."""
+
+    @hookimpl
+    def transfer_files(self, job: Job, progress: Any) -> None:
+        progress(1000, job.video_size)
+        raise EndpointUnavailable("link cut", endpoint="sftp")
+
+
+def test_a_link_that_keeps_breaking_while_making_progress_is_not_backed_off_further(
+    tmp_path: Any,
+) -> None:
+    from engine_rig import base_config
+
+    from uploader_core import DataUploader
+
+    config = base_config(tmp_path, retry={"initial_backoff_seconds": 10,
+                                          "max_backoff_seconds": 1000})
+    engine = DataUploader(config, plugins=[("cut", CutAfterProgress())],
+                          load_entry_points=False)
+    write_package(tmp_path / "pending", "evt_cut")
+    waits = []
+    for _ in range(4):
+        engine.run_once()
+        waits.append(engine._endpoint_retries.wait_left("endpoints"))
+    assert all(8 <= w <= 12 for w in waits), waits  # the initial delay, +-20 % jitter
