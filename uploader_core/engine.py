@@ -161,7 +161,9 @@ class DataUploader:
                     results = self.run_once()
                     self.systemd.status(self._status_line(results))
                     if self._blocked_by is None and not self._stop.is_set():
-                        self.retention.run_if_due()
+                        report = self.retention.run_if_due()
+                        if report is not None:
+                            self.monitor.disk(report.pending_free_bytes, report.low_space)
                 if self._stop.is_set():
                     break
                 self.monitor.set_state(EngineState.PAUSED if self._paused.is_set()

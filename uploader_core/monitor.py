@@ -102,6 +102,7 @@ class Monitor:
         self._endpoints: dict[str, dict[str, Any]] = {}
         self._transfer: Transfer | None = None
         self._last_pass: dict[str, Any] | None = None
+        self._disk: dict[str, Any] = {}
         self.totals = {"completed": 0, "quarantined": 0, "retries": 0, "bytes_sent": 0}
 
     # --- subscribers
@@ -239,6 +240,11 @@ class Monitor:
             self._endpoints[name] = {"up": up, "reason": reason, "since": self._clock()}
         self._publish(EventKind.ENDPOINT, endpoint=name, up=up, reason=reason)
 
+    def disk(self, pending_free_bytes: int | None, low_space: bool) -> None:
+        """Free space of the pending filesystem, as the last housekeeping run measured it."""
+        with self._lock:
+            self._disk = {"pending_free_bytes": pending_free_bytes, "low_space": low_space}
+
     # --- readers
     def endpoints_down(self) -> list[str]:
         with self._lock:
@@ -281,4 +287,5 @@ class Monitor:
                 "transfer": None if self._transfer is None else self._transfer.to_json(now),
                 "last_pass": None if self._last_pass is None else dict(self._last_pass),
                 "totals": dict(self.totals),
+                "disk": dict(self._disk),
             }

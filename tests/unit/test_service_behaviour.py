@@ -149,3 +149,19 @@ def test_systemd_hears_ready_status_watchdog_and_stopping(
     assert any("WATCHDOG=1" in m for m in messages)
     while "STOPPING=1" not in messages[-1]:
         messages.append(notify_socket.recv(4096).decode())
+
+
+def test_low_free_space_on_the_pending_filesystem_reaches_the_snapshot(
+    make_rig: Callable[..., Rig]
+) -> None:
+    rig = make_rig(scan_interval_seconds=0.1,
+                   retention={"low_space_warning_bytes": 2**62, "interval_seconds": 0})
+    with Running(rig.engine) as running:
+        running.wait_passes(2)
+        deadline = time.monotonic() + 10
+        while not rig.engine.monitor.snapshot()["disk"]:
+            assert time.monotonic() < deadline
+            running.wait_passes(running.passes + 1)
+    disk = rig.engine.monitor.snapshot()["disk"]
+    assert disk["low_space"] is True
+    assert disk["pending_free_bytes"] < 2**62
