@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs from Debian: the PostgreSQL server binaries and OpenSSH's
-# sshd (the tests start private instances of both on free loopback ports; the system services
-# are neither needed nor touched), and Python's venv module.
+# Installs what the test suite needs from Debian: the PostgreSQL server binaries, OpenSSH's
+# sshd and PgBouncer (the tests start private instances of each on free loopback ports; the
+# system services are neither needed nor touched), and Python's venv module.
 #
 #   scripts/install-system-deps.sh          install what is missing (as root), quiet otherwise
 #   scripts/install-system-deps.sh --check  only report what is missing; exit 1 if anything is
@@ -32,6 +32,8 @@ sys.exit(sys.version_info < (3, 10))' 2>/dev/null
 missing=()
 have_postgres_server || missing+=(postgresql)
 [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+# The fleet tests put a connection pooler between the engines and PostgreSQL.
+[[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 # Debian splits ensurepip out of python3; without it "python3 -m venv" fails.
 have_python_venv || missing+=(python3 python3-venv)
 # The tests create their system accounts with useradd (package passwd, always installed on
@@ -51,4 +53,8 @@ fi
 echo "Installing system packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# apt's progress and debconf's notes go to the terminal only when something fails.
+if ! output=$(apt-get install -y -qq --no-install-recommends "${missing[@]}" 2>&1); then
+    echo "$output" >&2
+    exit 1
+fi

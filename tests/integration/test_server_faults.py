@@ -90,3 +90,27 @@ def test_crash_between_the_two_archive_moves_with_real_servers(site: Site) -> No
     assert result.outcome is Outcome.COMPLETED
     site.assert_completed_exactly_once(originals)
     assert site.rows()["evt_m"]["attempts"] == 2
+
+
+def test_database_connection_closed_while_idle_is_replaced_without_a_failed_attempt(
+    site: Site, postgres_server: Any
+) -> None:
+    import psycopg
+
+    write_package(site.pending, "evt_before")
+    with site.engine() as engine:
+        [first] = engine.run_once()
+        assert first.outcome is Outcome.COMPLETED
+        # The server (or a pooler, or an idle reaper) ends the idle connection between passes.
+        with psycopg.connect(postgres_server.admin_conninfo(site.pg.dbname),
+                             autocommit=True) as admin:
+            [(ended,)] = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'edge-uploader' AND datname = current_database()")
+        assert ended == 1
+        write_package(site.pending, "evt_after")
+        [second] = engine.run_once()
+        assert second.outcome is Outcome.COMPLETED, second.reason
+        postgres: Any = engine.plugin("postgres")
+        assert postgres.db.connects == 2
+    assert site.rows()["evt_after"]["attempts"] == 1

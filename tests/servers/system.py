@@ -374,7 +374,7 @@ def sweep_stale_workspaces() -> None:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(pid_file.read_text())
                 # Check the executable, so a recycled pid never kills an unrelated process.
-                if _executable_name(pid) in {"postgres", "sshd"}:
+                if _executable_name(pid) in {"postgres", "sshd", "pgbouncer"}:
                     kill_tree(pid)
         shutil.rmtree(path, ignore_errors=True)
 

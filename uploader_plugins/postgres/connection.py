@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 from collections.abc import Iterator, Mapping
@@ -48,7 +49,11 @@ class Database:
     # --- connection lifetime
     def _connect(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed:
-            return self._conn
+            if not _stale(self._conn):
+                return self._conn
+            # Closed by the server, a pooler restart or an idle reaper since the last job:
+            # reconnect now rather than fail this job and back off.
+            self.close()
         try:
             conn = psycopg.connect(autocommit=True, prepare_threshold=None, **self._params)
         except psycopg.Error as exc:
@@ -148,6 +153,10 @@ class Database:
         if isinstance(exc, psycopg.DataError):
             return PermanentJobError(f"the database refused the metadata: {message}",
                                      endpoint=ENDPOINT)
+        if isinstance(exc, pgerrors.QueryCanceled) and not self._interrupted.is_set() \
+                and not self._timed_out:
+            return EndpointUnavailable(f"{what}: the database cancelled the statement: "
+                                       f"{message}", endpoint=ENDPOINT)
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             if self._interrupted.is_set():
                 return Interrupted(f"{what} abandoned: the uploader is stopping")
@@ -158,6 +167,15 @@ class Database:
             return EndpointUnavailable(f"{what}: lost the database connection: {message}",
                                        endpoint=ENDPOINT)
         return TransientError(f"{what}: {type(exc).__name__}: {message}", endpoint=ENDPOINT)
+
+
+def _stale(conn: psycopg.Connection[Any]) -> bool:
+    """An idle autocommit connection has nothing to read unless the server gave up on it."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _first_line(text: str) -> str:
