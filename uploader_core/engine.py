@@ -109,6 +109,7 @@ class DataUploader:
         self._paused = threading.Event()
         self._blocked_by: UploaderError | None = None
         self._transfer_progressed = False
+        self._settling_seen = False
         self.monitor = Monitor()
         self._lock = QueueLock(self.pending_dir)
         for key in ("pending_upload_dir", "uploaded_dir", "failed_dir"):
@@ -160,10 +161,10 @@ class DataUploader:
                 if not self._paused.is_set():
                     results = self.run_once()
                     self.systemd.status(self._status_line(results))
-                    if self._blocked_by is None and not self._stop.is_set():
-                        report = self.retention.run_if_due()
-                        if report is not None:
-                            self.monitor.disk(report.pending_free_bytes, report.low_space)
+                    # Even while an endpoint is down: that is when the pending disk fills up.
+                    report = None if self._stop.is_set() else self.retention.run_if_due()
+                    if report is not None:
+                        self.monitor.housekeeping(report.to_json())
                 if self._stop.is_set():
                     break
                 self.monitor.set_state(EngineState.PAUSED if self._paused.is_set()
@@ -260,6 +261,7 @@ class DataUploader:
         """One pass over the pending directory; what happened to each job seen."""
         self.claim_queue()
         self._blocked_by = None
+        self._settling_seen = False
         results: list[JobResult] = []
         self.monitor.set_state(EngineState.RUNNING)
         try:
@@ -275,6 +277,10 @@ class DataUploader:
         for candidate in candidates:
             if self._stop.is_set() or self._paused.is_set():
                 break
+            if self._reload.is_set():
+                # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog.
+                self._reload.clear()
+                self.reload()
             try:
                 result = self._process_candidate(candidate)
             except _PassStopped as stopped:
@@ -402,6 +408,8 @@ class DataUploader:
         if video_st is not None:
             settled = self._settle.settled(c.video_path, video_st) and settled
         if not settled:
+            # Look again as soon as it can have settled, whether or not a file event says so.
+            self._settling_seen = True
             return JobResult(event_id=stem, outcome=Outcome.WAITING, reason="settling")
 
         try:
@@ -674,6 +682,8 @@ class DataUploader:
     def _next_delay(self) -> float:
         if self._blocked_by is not None:
             return max(self.scan_interval, self._endpoint_retries.wait_left("endpoints"))
+        if self._settling_seen:
+            return min(self.scan_interval, self._settle.settle_seconds + 0.05)
         return self.scan_interval
 
     def _install_signal_handlers(self) -> Any:

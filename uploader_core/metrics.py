@@ -230,18 +230,23 @@ class Metrics:
             self.failures.inc()
         elif kind is EventKind.QUARANTINED:
             self.quarantined.inc()
+        elif kind is EventKind.HOUSEKEEPING:
+            self._observe_housekeeping(event.data)
         if kind in _REWRITE_ON:
             self._dirty.set()
 
     def observe_retention(self, report: RetentionReport) -> None:
-        """Record what a retention run found and did (the engine calls it after each run)."""
-        if report.archive_bytes or report.archive_packages or report.deleted:
-            self.archive_bytes.set(report.archive_bytes)
-            self.archive_packages.set(report.archive_packages)
-        self.archive_deleted.inc(len(report.deleted))
-        self.archive_deleted_bytes.inc(report.deleted_bytes)
-        if report.pending_free_bytes is not None:
-            self.pending_free.set(report.pending_free_bytes)
+        """Record what a retention run found and did."""
+        self._observe_housekeeping(report.to_json())
+
+    def _observe_housekeeping(self, report: Mapping[str, Any]) -> None:
+        if report["archive_bytes"] or report["archive_packages"] or report["deleted_count"]:
+            self.archive_bytes.set(report["archive_bytes"])
+            self.archive_packages.set(report["archive_packages"])
+        self.archive_deleted.inc(report["deleted_count"])
+        self.archive_deleted_bytes.inc(report["deleted_bytes"])
+        if report["pending_free_bytes"] is not None:
+            self.pending_free.set(report["pending_free_bytes"])
         self._dirty.set()
 
     # --- exporters

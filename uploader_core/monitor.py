@@ -38,6 +38,7 @@ class EventKind(str, enum.Enum):
     QUARANTINED = "quarantined"  # data = {"phase", "reason"}
     ENDPOINT = "endpoint"  # data = {"endpoint", "up", "reason"}
     REQUEUED = "requeued"
+    HOUSEKEEPING = "housekeeping"  # archive retention ran: data = its report
 
 
 class EngineState(str, enum.Enum):
@@ -240,10 +241,12 @@ class Monitor:
             self._endpoints[name] = {"up": up, "reason": reason, "since": self._clock()}
         self._publish(EventKind.ENDPOINT, endpoint=name, up=up, reason=reason)
 
-    def disk(self, pending_free_bytes: int | None, low_space: bool) -> None:
-        """Free space of the pending filesystem, as the last housekeeping run measured it."""
+    def housekeeping(self, report: dict[str, Any]) -> None:
+        """What the last archive retention run found (free space) and did (deletions)."""
         with self._lock:
-            self._disk = {"pending_free_bytes": pending_free_bytes, "low_space": low_space}
+            self._disk = {"pending_free_bytes": report.get("pending_free_bytes"),
+                          "low_space": bool(report.get("low_space"))}
+        self._publish(EventKind.HOUSEKEEPING, **report)
 
     # --- readers
     def endpoints_down(self) -> list[str]:

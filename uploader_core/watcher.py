@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 # A little past the settle time, so the pass finds the file settled by its mtime.
 MARGIN = 0.1
+_WRITES = frozenset({"created", "modified", "moved", "closed"})
 
 
 def _not_a_shutdown_race(record: logging.LogRecord) -> bool:
@@ -71,6 +72,10 @@ class PendingWatcher(FileSystemEventHandler):
             self._timer.join(timeout=5)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        # Only writes count: the engine's own reads (open, close-without-write) must not
+        # schedule another pass after every upload.
+        if event.event_type not in _WRITES:
+            return
         path = event.dest_path if event.event_type == "moved" and event.dest_path else \
             event.src_path
         name = Path(str(path)).name

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from sites import Site, run_cli, snapshot
 
-from uploader_core import Outcome
+from uploader_core import DataUploader, Outcome
 from uploader_core.testing import sample_document, write_package
 
 pytestmark = pytest.mark.integration
@@ -177,3 +177,42 @@ def test_third_party_plugin_distribution_is_loaded_from_its_entry_point(
     done = run_cli("run", "-c", str(site.write_config()), "--once", env=env)
     assert done.returncode == 0, done.stderr
     assert "evt_after" not in audit_log.read_text()
+
+
+def test_check_fails_a_role_that_may_read_but_not_write(
+    site: Site, postgres_server: Any
+) -> None:
+    with psycopg.connect(postgres_server.admin_conninfo(site.pg.dbname),
+                         autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS reader_only")
+        admin.execute("CREATE ROLE reader_only LOGIN PASSWORD 'reader-pass'")
+        admin.execute("GRANT SELECT ON events TO reader_only")
+    try:
+        site.config["uploader"]["database"].update(user="reader_only", password="reader-pass")
+        done = run_cli("check", "-c", str(site.write_config()))
+        assert done.returncode == 1
+        [line] = [x for x in done.stdout.splitlines() if "privileges" in x]
+        assert line.startswith("FAIL"), line
+    finally:
+        with psycopg.connect(postgres_server.admin_conninfo(site.pg.dbname),
+                             autocommit=True) as admin:
+            admin.execute("DROP OWNED BY reader_only")
+            admin.execute("DROP ROLE reader_only")
+
+
+def test_reload_keeps_the_database_connection_unless_its_settings_change(site: Site) -> None:
+    current = site.config
+    write_package(site.pending, "evt_1")
+    with DataUploader(current, reload_config=lambda: current) as engine:
+        engine.run_once()
+        postgres: Any = engine.plugin("postgres")
+        first = postgres.db
+        assert engine.reload()
+        assert postgres.db is first and first.connects == 1
+        current["uploader"]["database"]["statement_timeout_seconds"] = 7
+        assert engine.reload()
+        assert postgres.db is not first
+        assert first._conn is None, "the replaced connection was closed"
+        write_package(site.pending, "evt_2")
+        [result] = engine.run_once()
+        assert result.outcome is Outcome.COMPLETED

@@ -237,3 +237,23 @@ def test_retention_reports_become_archive_gauges(rig: Rig) -> None:
     assert value(metrics, "uploader_archive_deleted_packages_total") == 2
     assert value(metrics, "uploader_archive_deleted_bytes_total") == 20_000
     assert value(metrics, "uploader_pending_free_bytes") == 123_456
+
+
+def test_retention_runs_of_the_engine_reach_the_metrics(make_rig: Callable[..., Rig]) -> None:
+    import threading
+
+    rig = make_rig(scan_interval_seconds=0.05,
+                   retention={"max_total_bytes": 10**12, "interval_seconds": 0,
+                              "low_space_warning_bytes": 1})
+    metrics = Metrics.for_engine(rig.engine)
+    with metrics:
+        write_package(rig.pending, "evt_1", video=5000)
+        runner = threading.Thread(target=rig.engine.run)
+        runner.start()
+        try:
+            wait_for(lambda: (value(metrics, "uploader_archive_packages") or 0) == 1)
+            wait_for(lambda: (value(metrics, "uploader_pending_free_bytes") or 0) > 0)
+        finally:
+            rig.engine.request_stop()
+            runner.join(10)
+    assert value(metrics, "uploader_archive_bytes") > 5000  # type: ignore[operator]

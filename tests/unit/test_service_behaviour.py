@@ -165,3 +165,36 @@ def test_low_free_space_on_the_pending_filesystem_reaches_the_snapshot(
     disk = rig.engine.monitor.snapshot()["disk"]
     assert disk["low_space"] is True
     assert disk["pending_free_bytes"] < 2**62
+
+
+def test_package_still_settling_at_the_end_of_a_pass_is_taken_once_settled(
+    make_rig: Callable[..., Rig]
+) -> None:
+    # No file event will come (the watcher is off): the pass that saw it settling must not
+    # leave it for the next scan an hour later.
+    rig = make_rig(scan_interval_seconds=3600, settle_seconds=0.3, watch_pending_dir=False)
+    write_package(rig.pending, "evt_settling", age_seconds=0)
+    with Running(rig.engine) as running:
+        running.wait_completed("evt_settling", timeout=20)
+
+
+def test_reload_requested_during_a_pass_is_applied_before_the_next_job(
+    make_rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    current = base_config(tmp_path)
+    store, remote, plugins = memory_plugins()
+    engine = DataUploader(current, plugins=plugins, load_entry_points=False,
+                          reload_config=lambda: current)
+    seen: list[float] = []
+
+    def during(job: Any) -> None:
+        seen.append(engine.scan_interval)
+        if len(seen) == 1:
+            current["uploader"]["scan_interval_seconds"] = 99
+            engine.request_reload()
+
+    remote.during_transfer = during
+    for i in range(3):
+        write_package(tmp_path / "pending", f"evt_{i}", age_seconds=30 - i)
+    engine.run_once()
+    assert seen == [0.05, 99, 99]

@@ -31,7 +31,7 @@ SECTION: Section = {
     "user": Field(str),
     "password": Field(str, None, "prefer password_env or password_file"),
     "password_env": Field(str, None, "name of an environment variable holding the password"),
-    "password_file": Field(str, None, "file whose first line is the password"),
+    "password_file": Field(str, None, "file holding the password (trailing newlines dropped)"),
     "sslmode": Field(str, "prefer", choices=SSL_MODES),
     "sslrootcert": Field(str, None, "CA certificate(s) to verify the server with"),
     "sslcert": Field(str, None, "client certificate"),
@@ -85,6 +85,11 @@ class PostgresPlugin:
         password = resolve_secret(s, "password", "uploader.database")
         if password is not None:
             params["password"] = password
+        if self._db is not None and self._db.same_settings(params, self.table,
+                                                           s["statement_timeout_seconds"]):
+            return  # a reload that changed nothing here keeps the connection
+        if self._db is not None:
+            self._db.close()
         self._db = Database(params, statement_timeout=s["statement_timeout_seconds"],
                             table=self.table)
 
@@ -160,8 +165,10 @@ class PostgresPlugin:
                 results.append(CheckResult(
                     name=f"database: table {self.table}", ok=not missing,
                     detail="present" if not missing else f"lacks columns {sorted(missing)}"))
-                cur.execute("SELECT has_table_privilege(%s, 'SELECT,INSERT,UPDATE')",
-                            (self.table,))
+                # One privilege at a time: with a list, has_table_privilege is true for any.
+                cur.execute("SELECT has_table_privilege(%(t)s, 'SELECT') AND "
+                            "has_table_privilege(%(t)s, 'INSERT') AND "
+                            "has_table_privilege(%(t)s, 'UPDATE')", {"t": self.table})
                 row = cur.fetchone()
                 allowed = bool(row and row[0])
                 results.append(CheckResult(

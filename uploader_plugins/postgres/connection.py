@@ -46,6 +46,11 @@ class Database:
         self._timed_out = False
         self.connects = 0  # how many connections were opened: reuse is a feature
 
+    def same_settings(self, params: Mapping[str, Any], table: str,
+                      statement_timeout: float) -> bool:
+        return (dict(params), table, statement_timeout) == (self._params, self._table,
+                                                             self._timeout)
+
     # --- connection lifetime
     def _connect(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed:
