@@ -182,7 +182,7 @@ def test_reload_requested_during_a_pass_is_applied_before_the_next_job(
     make_rig: Callable[..., Rig], tmp_path: Path
 ) -> None:
     current = base_config(tmp_path)
-    store, remote, plugins = memory_plugins()
+    _store, remote, plugins = memory_plugins()
     engine = DataUploader(current, plugins=plugins, load_entry_points=False,
                           reload_config=lambda: current)
     seen: list[float] = []
