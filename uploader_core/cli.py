@@ -10,19 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import logs, status
-from .config import load_file
+from .config import apply_environment, load_file
 from .control import ControlServer
 from .control_client import ControlConnection, ControlError, EngineNotRunning, PermissionDenied
 from .control_protocol import socket_path
 from .engine import DataUploader
 from .errors import ConfigurationError, TransientError, UploaderError
 from .job import Outcome
+from .metrics import Metrics
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG = 0, 1, 2
 
@@ -71,16 +73,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _engine(args: argparse.Namespace) -> DataUploader:
-    config = load_file(args.config)
+    config = apply_environment(load_file(args.config), os.environ)
     section = config.get("uploader")
     level = args.log_level or (section.get("log_level") if isinstance(section, dict) else None)
     logs.setup(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
-    return DataUploader(config)
+    def reread() -> dict[str, Any]:
+        return apply_environment(load_file(args.config), os.environ)
+
+    return DataUploader(config, reload_config=reread)
 
 
 def _run(engine: DataUploader, once: bool) -> int:
     if not once:
         server = None
+        try:
+            engine.claim_queue()  # before the socket: the queue is what must not be shared
+        except BaseException:
+            engine.close()
+            raise
         if engine.settings["control"]["enabled"]:
             try:
                 server = ControlServer.for_engine(engine)
@@ -88,14 +98,22 @@ def _run(engine: DataUploader, once: bool) -> int:
             except BaseException:
                 engine.close()
                 raise
+        metrics = Metrics.for_engine(engine)
         try:
+            metrics.start()
             engine.run()
         finally:
+            metrics.close()
             if server is not None:
                 server.close()
         return EXIT_OK
+    metrics = Metrics.for_engine(engine)
     with engine:
-        results = engine.run_once()
+        metrics.start()
+        try:
+            results = engine.run_once()
+        finally:
+            metrics.close()
     left = [r for r in results if r.outcome is Outcome.RETRY]
     done = sum(r.outcome is Outcome.COMPLETED for r in results)
     quarantined = sum(r.outcome is Outcome.QUARANTINED for r in results)
@@ -119,7 +137,7 @@ def _socket_of(args: argparse.Namespace) -> tuple[Path, str]:
     if args.socket:
         return Path(args.socket), "start it with: uploader run -c FILE"
     if args.config:
-        section = load_file(args.config).get("uploader")
+        section = apply_environment(load_file(args.config), os.environ).get("uploader")
         return (socket_path(section if isinstance(section, dict) else None),
                 f"start it with: uploader run -c {args.config}")
     return socket_path(None), "start it with: uploader run -c FILE (or give -c FILE here)"
@@ -153,7 +171,7 @@ def _tui(args: argparse.Namespace) -> int:
         _say(f"the TUI needs the 'tui' extra ({exc}); install it with "
              "pip install 'edge-uploader[tui]'")
         return EXIT_CONFIG
-    UploaderApp(path, start_hint=hint).run()
+    UploaderApp(path, start_hint=hint, exit_on_signals=True).run()
     return EXIT_OK
 
 
@@ -164,7 +182,8 @@ def _demo(args: argparse.Namespace) -> int:
         _say(f"the demo needs the 'tui' extra ({exc}); install it with "
              "pip install 'edge-uploader[tui]'")
         return EXIT_CONFIG
-    return run_demo(headless=args.headless, seconds=args.seconds)
+    code: int = run_demo(headless=args.headless, seconds=args.seconds)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -195,7 +195,8 @@ class DataUploader:
     def _start_watcher(self) -> PendingWatcher | None:
         if not self.settings["watch_pending_dir"]:
             return None
-        watcher = PendingWatcher(self.pending_dir, self._settle.settle_seconds, self.scan_now)
+        watcher = PendingWatcher(self.pending_dir, self._settle.settle_seconds,
+                                 self._files_settled)
         return watcher if watcher.start() else None
 
     def _status_line(self, results: list[JobResult]) -> str:
@@ -321,6 +322,12 @@ class DataUploader:
     def scan_now(self) -> None:
         """Start the next pass now instead of after the scan interval."""
         self._wake.set()
+
+    def _files_settled(self) -> None:
+        # New packages do not cut an endpoint's backoff short: they would only fail against
+        # it too. An explicit scan_now() still does.
+        if self._blocked_by is None:
+            self._wake.set()
 
     def pause(self) -> None:
         """Start no new job until :meth:`resume`; a job under way finishes."""

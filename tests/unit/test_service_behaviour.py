@@ -198,3 +198,23 @@ def test_reload_requested_during_a_pass_is_applied_before_the_next_job(
         write_package(tmp_path / "pending", f"evt_{i}", age_seconds=30 - i)
     engine.run_once()
     assert seen == [0.05, 99, 99]
+
+
+def test_new_packages_do_not_cut_an_endpoint_backoff_short(
+    make_rig: Callable[..., Rig]
+) -> None:
+    from uploader_core import EndpointUnavailable
+
+    rig = make_rig(scan_interval_seconds=0.1, settle_seconds=0.1,
+                   retry={"initial_backoff_seconds": 3, "max_backoff_seconds": 3})
+    rig.remote.faults.fail_next(EndpointUnavailable("sftp down", endpoint="sftp"))
+    write_package(rig.pending, "evt_0")
+    with Running(rig.engine) as running:
+        running.wait_passes(1)
+        failed_at = time.monotonic()
+        for i in range(1, 6):  # Module B keeps writing during the outage
+            write_package(rig.pending, f"evt_{i}", age_seconds=0)
+            time.sleep(0.2)
+        running.wait_completed("evt_0", timeout=20)
+        retried_after = time.monotonic() - failed_at
+    assert retried_after >= 2.0, f"retried after {retried_after:.1f} s, inside the backoff"

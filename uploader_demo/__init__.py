@@ -1,0 +1,1 @@
+"""`uploader demo`: the whole system on throwaway local servers."""
