@@ -613,7 +613,8 @@ class DataUploader:
                     else "is unavailable")
             self._report(f"endpoint:{endpoint}", logging.ERROR,
                          f"{endpoint} {kind} during {phase.value} of {stem}: {exc}; the pass "
-                         f"stops and resumes in {max(delay, self.scan_interval):.0f} s")
+                         f"stops and resumes in {max(delay, self.scan_interval):.0f} s",
+                         gist=f"{endpoint} {kind}: {exc}")
             raise _PassStopped(JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase,
                                          reason=str(exc)))
         delay = self._job_retries.failed(stem)
@@ -674,12 +675,17 @@ class DataUploader:
         if self._stop.is_set():
             raise Interrupted("the uploader is stopping")
 
-    def _report(self, key: str, level: int, message: str) -> None:
-        """Log ``message`` once; a repeat of the same message under ``key`` goes to debug."""
-        if self._reported.get(key) == message:
+    def _report(self, key: str, level: int, message: str, *, gist: str | None = None) -> None:
+        """Log ``message`` once; a repeat under ``key`` goes to debug.
+
+        A repeat is judged by ``gist`` when given: the part of the message that is not a
+        countdown, so a growing backoff does not make the same outage look new.
+        """
+        gist = message if gist is None else gist
+        if self._reported.get(key) == gist:
             log.debug("%s", message)
             return
-        self._reported[key] = message
+        self._reported[key] = gist
         log.log(level, "%s", message)
 
     def _forget_reports(self, stem: str) -> None:

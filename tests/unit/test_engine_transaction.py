@@ -304,3 +304,17 @@ def test_a_link_that_keeps_breaking_while_making_progress_is_not_backed_off_furt
         engine.run_once()
         waits.append(engine._endpoint_retries.wait_left("endpoints"))
     assert all(8 <= w <= 12 for w in waits), waits  # the initial delay, +-20 % jitter
+
+
+def test_an_outage_is_logged_once_while_its_backoff_grows(
+    make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make_rig(retry={"initial_backoff_seconds": 1, "max_backoff_seconds": 64})
+    write_package(rig.pending, "evt_down")
+    with caplog.at_level(logging.INFO, logger="uploader"):
+        for _ in range(4):
+            rig.remote.faults.fail_next(EndpointUnavailable("connection refused",
+                                                            endpoint="sftp"))
+            rig.engine.run_once()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
