@@ -1,0 +1,778 @@
+"""The rows of the benchmark. Each returns its table lines and the raw numbers behind them.
+
+Every measurement of the uploader runs the real engine (``DataUploader`` with the built-in
+``postgres`` and ``sftp`` plugins) against the servers of this run, in a child process
+(:mod:`bench.child`) unless it must share a clock with the writer (row 5). References run in
+the same row, interleaved with the uploader's repetitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from servers import PostgresEndpoint, SftpDirs
+
+from . import baseline, openssh
+from .child import LIMITED_PENDING
+from .env import ROOT, Bench, Site
+from .measure import (
+    ChildFailed,
+    child_command,
+    log_problems,
+    parse_result,
+    run_child,
+    summarize_folded,
+)
+from .packages import (
+    MIB,
+    DocumentTemplate,
+    event_ids,
+    link_packages,
+    write_small_packages,
+    write_video,
+)
+from .report import Line, not_available
+
+GIB = 1 << 30
+MB = 1e6
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Scale:
+    large_file: int = GIB
+    large_reps: int = 5
+    small_events: int = 500
+    small_video: int = MIB
+    small_reps: int = 2
+    baseline_events: int = 100
+    backlog_events: int = 100_000
+    big_video: int = 4 * GIB
+    big_video_min_free: int = 12 * 10**9
+    latency_events: int = 50
+    latency_interval: float = 1.0
+    fleet_engines: int = 20
+    fleet_events: int = 100
+    fleet_video: int = 256 * 1024
+    workers: tuple[int, ...] = (1, 2, 4)
+
+    @classmethod
+    def quick(cls) -> Scale:
+        return cls(large_file=32 * MIB, large_reps=1, small_events=20, small_reps=1,
+                   baseline_events=5, backlog_events=2_000, big_video=64 * MIB,
+                   big_video_min_free=1 * 10**9, latency_events=4, latency_interval=0.5,
+                   fleet_engines=3, fleet_events=10, fleet_video=64 * 1024)
+
+
+@dataclass
+class Context:
+    bench: Bench
+    scale: Scale
+    profile_dir: Path | None = None  # where profiles of missed targets go; None: no profiling
+    stamp: str = "run"
+    say: Callable[[str], None] = print
+    profiles: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scratch(self) -> Path:
+        return self.bench.scratch
+
+
+@dataclass
+class RowResult:
+    lines: list[Line]
+    details: dict[str, Any]
+
+
+# --- helpers
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _fmt_bytes(size: int) -> str:
+    if size >= GIB:
+        return f"{size / GIB:g} GiB"
+    if size >= MIB:
+        return f"{size / MIB:g} MiB"
+    return f"{size / 1024:g} KiB" if size >= 1024 else f"{size} B"
+
+
+def _settled_config(site: Site, **overrides: Any) -> dict[str, Any]:
+    """The service's own defaults where they matter (settle 2 s); packages are back-dated."""
+    base: dict[str, Any] = {"settle_seconds": 2}
+    base.update(overrides)
+    return site.config(**base)
+
+
+def _fresh(ctx: Context, tag: str) -> tuple[PostgresEndpoint, SftpDirs]:
+    pg = ctx.bench.database(tag)
+    sftp = ctx.bench.remote_dirs(tag)
+    ctx.bench.init_db(pg, sftp)
+    return pg, sftp
+
+
+def _cleanup(ctx: Context, pg: PostgresEndpoint | None, sftp: SftpDirs | None,
+             *paths: Path) -> None:
+    if pg is not None:
+        ctx.bench.drop_database(pg)
+    if sftp is not None:
+        shutil.rmtree(sftp.local_dir, ignore_errors=True)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _expect_completed(result: dict[str, Any], count: int, what: str) -> None:
+    if result.get("completed") != count:
+        problems = "\n".join(log_problems(result.get("log", ""))) or "(no warnings logged)"
+        raise ChildFailed(f"{what}: {result.get('completed')} of {count} events completed "
+                          f"(outcomes {result.get('outcomes')}); log {result.get('log')}:\n"
+                          f"{problems}")
+
+
+def _profile(ctx: Context, name: str, spec: dict[str, Any], workdir: Path,
+             prepare: Callable[[], None] | None = None) -> None:
+    """Run the uploader once more under py-spy and keep the folded stacks and a summary."""
+    if ctx.profile_dir is None:
+        return
+    if prepare is not None:
+        prepare()
+    folded = ctx.profile_dir / f"{ctx.stamp}-{name}.folded"
+    ctx.say(f"    profiling {name} with py-spy -> {folded}")
+    try:
+        run_child(spec, workdir, f"profile-{name}", profile_to=folded)
+    except (ChildFailed, subprocess.SubprocessError, OSError) as exc:
+        ctx.say(f"    profiling failed: {exc}")
+        return
+    if folded.exists():
+        summary = ctx.profile_dir / f"{ctx.stamp}-{name}.profile.txt"
+        summary.write_text(summarize_folded(folded))
+        ctx.profiles[name] = str(summary)
+        # The raw stacks (for flame graphs) are kept, compressed.
+        with open(folded, "rb") as raw, gzip.open(f"{folded}.gz", "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+        folded.unlink()
+
+
+def _profile_memory(ctx: Context, name: str, spec: dict[str, Any], workdir: Path) -> None:
+    """Run the uploader once more under tracemalloc; keep the largest heap's top sites."""
+    if ctx.profile_dir is None:
+        return
+    ctx.say(f"    tracing {name}'s memory with tracemalloc (slow)")
+    try:
+        result = run_child({**spec, "tracemalloc": 15}, workdir, f"memory-{name}")
+    except (ChildFailed, subprocess.SubprocessError, OSError) as exc:
+        ctx.say(f"    memory tracing failed: {exc}")
+        return
+    traced = result.get("tracemalloc") or {}
+    out = [f"Python heap at its largest: {traced.get('largest_seen', 0) / MB:.1f} MB traced "
+           f"(peak {traced.get('peak', 0) / MB:.1f} MB); RSS under tracing is not comparable.",
+           "", "bytes      allocations  where (newest frame first)"]
+    out += [f"{t['bytes'] / MB:7.1f} MB  {t['count']:>10,}  {t['where']}"
+            for t in traced.get("top", [])]
+    summary = ctx.profile_dir / f"{ctx.stamp}-{name}.memory.txt"
+    summary.write_text("\n".join(out) + "\n")
+    ctx.profiles[f"{name}-memory"] = str(summary)
+
+
+def workers_supported() -> tuple[bool, str]:
+    """Whether the engine accepts ``uploader.workers`` (checked with in-memory plugins)."""
+    import tempfile
+
+    from uploader_core import ConfigurationError, DataUploader
+    from uploader_core.testing import memory_plugins
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {"uploader": {"pending_upload_dir": f"{tmp}/p", "uploaded_dir": f"{tmp}/u",
+                               "failed_dir": f"{tmp}/f", "workers": 2}}
+        try:
+            DataUploader(config, plugins=memory_plugins()[2], load_entry_points=False).close()
+        except ConfigurationError as exc:
+            return False, " ".join(str(exc).split())
+    return True, ""
+
+
+# --- row 1: one large file
+
+
+def _large_file_round(ctx: Context, src_video: Path, size: int, rep: int, workers: int | None,
+                      pg: PostgresEndpoint, sftp: SftpDirs, template: DocumentTemplate,
+                      profile: bool = False) -> dict[str, Any]:
+    event_id = f"large-{rep}-w{workers or 0}"
+    site = Site(ctx.scratch / ctx.bench.unique("large"), pg, sftp)
+    site.make_dirs()
+    os.link(src_video, site.pending / f"{event_id}.mp4")
+    (site.pending / f"{event_id}.json").write_bytes(template(event_id))
+    stamp = time.time() - 60
+    for suffix in (".mp4", ".json"):
+        os.utime(site.pending / f"{event_id}{suffix}", (stamp, stamp))
+    extra = {} if workers is None else {"workers": workers}
+    spec = {"config": _settled_config(site, **extra)}
+    try:
+        if profile:
+            _profile(ctx, f"row1-w{workers or 1}", spec, site.root)
+            return {}
+        result = run_child(spec, site.root, event_id)
+        _expect_completed(result, 1, "row 1")
+        total = size + (site.uploaded / f"{event_id}.json").stat().st_size
+        return {"wall": result["wall"], "cpu": result["cpu"], "bytes": total,
+                "maxrss": result["maxrss"], "cipher": result["cipher"]}
+    finally:
+        for d in (sftp.local_video_dir, sftp.local_json_dir):
+            for p in d.iterdir():
+                p.unlink()
+        shutil.rmtree(site.root, ignore_errors=True)
+
+
+def _openssh_large(ctx: Context, src_video: Path, size: int, sftp: SftpDirs,
+                   tag: str) -> dict[str, Any]:
+    remote = f"{sftp.remote_video_dir}/openssh-{tag}.mp4"
+    batch = ctx.scratch / f"{ctx.bench.unique('batch')}.txt"
+    try:
+        m = openssh.batch_put(sftp.endpoint, [(src_video, remote)], batch)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (sftp.local_video_dir / f"openssh-{tag}.mp4").unlink()
+        batch.unlink(missing_ok=True)
+    return {"wall": m.wall, "cpu": m.cpu, "bytes": size, "cipher": m.cipher}
+
+
+def _sha256_cpu_per_gb() -> float:
+    """CPU seconds this machine needs to hash a GB with hashlib's SHA-256."""
+    import hashlib
+
+    block = os.urandom(MIB)
+    hasher = hashlib.sha256()
+    started = time.process_time()
+    for _ in range(256):
+        hasher.update(block)
+    return (time.process_time() - started) / (256 * MIB / GB)
+
+
+def row_large_file(ctx: Context) -> RowResult:
+    size = ctx.scale.large_file
+    pg, sftp = _fresh(ctx, "large")
+    src = ctx.scratch / ctx.bench.unique("large-src")
+    src.mkdir()
+    video = src / "source.mp4"
+    write_video(video, size)
+    template = DocumentTemplate()
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    try:
+        for rep in range(ctx.scale.large_reps):
+            # Alternate who goes first, so drift of the machine hits both alike.
+            order = ("uploader", "openssh") if rep % 2 == 0 else ("openssh", "uploader")
+            for who in order:
+                if who == "uploader":
+                    ours.append(_large_file_round(ctx, video, size, rep, None, pg, sftp,
+                                                  template))
+                else:
+                    theirs.append(_openssh_large(ctx, video, size, sftp, str(rep)))
+            ctx.say(f"    rep {rep + 1}: uploader {ours[-1]['bytes'] / ours[-1]['wall'] / MB:.0f}"
+                    f" MB/s, OpenSSH {theirs[-1]['bytes'] / theirs[-1]['wall'] / MB:.0f} MB/s")
+        up_rate = _median([r["bytes"] / r["wall"] / MB for r in ours])
+        ssh_rate = _median([r["bytes"] / r["wall"] / MB for r in theirs])
+        up_cpu = _median([r["cpu"] / (r["bytes"] / GB) for r in ours])
+        ssh_cpu = _median([r["cpu"] / (r["bytes"] / GB) for r in theirs])
+        reps = ctx.scale.large_reps
+        sha = _sha256_cpu_per_gb()
+        note = (f"{_fmt_bytes(size)} file, median of {reps}; ciphers: uploader "
+                f"{ours[0]['cipher']}, OpenSSH {theirs[0]['cipher']}")
+        cpu_note = (f"of the uploader's, {sha:.2f} s/GB is the video's SHA-256 (recorded in "
+                    "the database; OpenSSH computes none)")
+        lines = [
+            Line("1", f"throughput, {_fmt_bytes(size)} file", up_rate, ssh_rate, "MB/s",
+                 up_rate / ssh_rate, ">= 1.0x OpenSSH", up_rate / ssh_rate >= 1.0, note),
+            Line("1", "CPU per GB sent", up_cpu, ssh_cpu, "s/GB", up_cpu / ssh_cpu,
+                 "<= 2.0x OpenSSH", up_cpu / ssh_cpu <= 2.0, cpu_note),
+        ]
+        if ctx.profile_dir is not None and not all(line.met for line in lines):
+            _large_file_round(ctx, video, size, 99, None, pg, sftp, template, profile=True)
+        return RowResult(lines, {"uploader": ours, "openssh": theirs})
+    finally:
+        _cleanup(ctx, pg, sftp, src)
+
+
+# --- row 2: many small events
+
+
+def _small_uploader(ctx: Context, src: Path, ids: list[str], workers: int | None = None,
+                    profile_name: str | None = None) -> dict[str, Any]:
+    pg, sftp = _fresh(ctx, "small")
+    site = Site(ctx.scratch / ctx.bench.unique("small"), pg, sftp)
+    site.make_dirs()
+    try:
+        link_packages(src, site.pending, ids)
+        extra = {} if workers is None else {"workers": workers}
+        spec = {"config": _settled_config(site, **extra)}
+        if profile_name:
+            _profile(ctx, profile_name, spec, site.root)
+            return {}
+        result = run_child(spec, site.root, "small")
+        _expect_completed(result, len(ids), "row 2")
+        return {"wall": result["wall"], "cpu": result["cpu"], "maxrss": result["maxrss"],
+                "connections": result.get("connections_made"), "cipher": result["cipher"],
+                "phase_seconds": result.get("phase_seconds", {})}
+    finally:
+        _cleanup(ctx, pg, sftp, site.root)
+
+
+def _small_floor(ctx: Context, src: Path, ids: list[str]) -> dict[str, Any]:
+    sftp = ctx.bench.remote_dirs("floor")
+    batch = ctx.scratch / f"{ctx.bench.unique('batch')}.txt"
+    pairs: list[tuple[Path, str]] = []
+    for event_id in ids:
+        pairs.append((src / f"{event_id}.mp4", f"{sftp.remote_video_dir}/{event_id}.mp4"))
+        pairs.append((src / f"{event_id}.json", f"{sftp.remote_json_dir}/{event_id}.json"))
+    try:
+        m = openssh.batch_put(sftp.endpoint, pairs, batch)
+    finally:
+        _cleanup(ctx, None, sftp, batch)
+    return {"wall": m.wall, "cpu": m.cpu, "cipher": m.cipher}
+
+
+def _small_baseline(ctx: Context, src: Path, ids: list[str]) -> dict[str, Any]:
+    pg = ctx.bench.database("baseline")
+    sftp = ctx.bench.remote_dirs("baseline")
+    work = ctx.scratch / ctx.bench.unique("baseline")
+    try:
+        baseline.create_table(pg)
+        link_packages(src, work / "pending", ids)
+        wall = baseline.run(ids, work / "pending", work / "uploaded", pg, sftp)
+        with psycopg.connect(pg.conninfo()) as conn:
+            row = conn.execute("SELECT count(*) FROM baseline_events "
+                               "WHERE status = 'completed'").fetchone()
+        if not row or row[0] != len(ids):
+            raise RuntimeError(f"baseline completed {row} of {len(ids)} events")
+        return {"wall": wall, "events": len(ids)}
+    finally:
+        _cleanup(ctx, pg, sftp, work)
+
+
+def _per_event_phases(runs: list[dict[str, Any]], n: int) -> str:
+    """Milliseconds per event in each phase, medians over the runs."""
+    names = {"store_metadata": "record", "transfer": "transfer", "mark_completed": "complete",
+             "archive": "archive"}
+    parts = []
+    for phase, label in names.items():
+        values = [r["phase_seconds"].get(phase, 0.0) for r in runs if r.get("phase_seconds")]
+        if values:
+            parts.append(f"{label} {1000 * _median(values) / n:.1f} ms")
+    return ", ".join(parts)
+
+
+def _small_source(ctx: Context, count: int, video: int) -> tuple[Path, list[str]]:
+    src = ctx.scratch / ctx.bench.unique("small-src")
+    ids = event_ids("evt", count)
+    write_small_packages(src, ids, video, age_seconds=60)
+    return src, ids
+
+
+def row_small_events(ctx: Context) -> RowResult:
+    n = ctx.scale.small_events
+    src, ids = _small_source(ctx, n, ctx.scale.small_video)
+    ours: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    try:
+        for rep in range(ctx.scale.small_reps):
+            order = ("uploader", "floor") if rep % 2 == 0 else ("floor", "uploader")
+            for who in order:
+                if who == "uploader":
+                    ours.append(_small_uploader(ctx, src, ids))
+                else:
+                    floors.append(_small_floor(ctx, src, ids))
+            ctx.say(f"    rep {rep + 1}: uploader {ours[-1]['wall']:.2f} s, OpenSSH batch "
+                    f"{floors[-1]['wall']:.2f} s for {n} events")
+        base_ids = ids[: ctx.scale.baseline_events]
+        base = _small_baseline(ctx, src, base_ids)
+        ctx.say(f"    baseline: {len(base_ids)} events in {base['wall']:.2f} s")
+        up_time = _median([r["wall"] for r in ours])
+        floor_time = _median([r["wall"] for r in floors])
+        up_rate = n / up_time
+        base_rate = base["events"] / base["wall"]
+        up_cpu = _median([r["cpu"] for r in ours])
+        floor_cpu = _median([r["cpu"] for r in floors])
+        phases = _per_event_phases(ours, n)
+        ctx.say(f"    uploader per event: {phases}; OpenSSH batch {1000 * floor_time / n:.1f} ms")
+        size = _fmt_bytes(ctx.scale.small_video)
+        lines = [
+            Line("2", f"{n} x ({size} video + JSON), vs spec read literally", up_rate,
+                 base_rate, "events/s", up_rate / base_rate, ">= 15x baseline",
+                 up_rate / base_rate >= 15,
+                 f"baseline: new SSH + DB connection per job, plain INSERT/UPDATE, measured "
+                 f"on {len(base_ids)} of the {n} events"),
+            Line("2", "time vs OpenSSH sftp -b (no DB), 1 worker", up_time, floor_time, "s",
+                 up_time / floor_time, "<= 1.3x floor", up_time / floor_time <= 1.3,
+                 f"median of {ctx.scale.small_reps}; uploader includes its database work; "
+                 f"per event {phases}"),
+            Line("2", "CPU seconds for the batch", up_cpu, floor_cpu, "s", up_cpu / floor_cpu,
+                 "", None, "uploader process vs sftp + ssh processes"),
+        ]
+        if ctx.profile_dir is not None and not all(line.met for line in lines[:2]):
+            _small_uploader(ctx, src, ids, profile_name="row2")
+        return RowResult(lines, {"uploader": ours, "floor": floors, "baseline": base})
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+# --- row 3: backlog
+
+
+def row_backlog(ctx: Context) -> RowResult:
+    n = ctx.scale.backlog_events
+    pg, sftp = _fresh(ctx, "backlog")
+    site = Site(ctx.scratch / ctx.bench.unique("backlog"), pg, sftp)
+    site.make_dirs()
+    try:
+        started = time.perf_counter()
+        write_small_packages(site.pending, event_ids("old", n), 16, age_seconds=7 * 86400)
+        ctx.say(f"    wrote {n} packages in {time.perf_counter() - started:.1f} s")
+        socket_path = site.root / "ctl.sock"
+        spec = {"config": _settled_config(site), "pause_after_first": True, "snapshots": 5,
+                "control_socket": str(socket_path), "time_scan": True}
+        result = run_child(spec, site.root, "backlog")
+        _expect_completed(result, 1, "row 3")
+        marks = result["marks"]
+        discovery = marks["first_phase"] - marks["pass_started"]
+        first_upload = marks["first_completed"] - marks["pass_started"]
+        rss = result["maxrss"] / MB
+        rss_first = result.get("rss_at_first_completed", 0) / MB
+        snap = result["snapshot"]
+        control = result.get("control") or {}
+        lines = [
+            Line("3", f"backlog {n:,}: discovery before first upload", discovery, None, "s",
+                 None, "<= 1 s", discovery <= 1.0,
+                 f"first upload completed {first_upload:.2f} s after the pass started; "
+                 f"scanner.scan() alone: {result['scan']['seconds']:.2f} s"),
+            Line("3", "peak RSS", rss, None, "MB", None, "<= 150 MB", rss <= 150,
+                 f"{rss_first:.0f} MB when the first upload completed; the peak includes "
+                 "the snapshots below"),
+            Line("3", "monitor.snapshot()", snap["median"] * 1000, None, "ms", None,
+                 "<= 200 ms", snap["median"] <= 0.2,
+                 f"median of 5 (max {snap['max'] * 1000:.0f} ms), {snap['pending_count']:,} "
+                 "pending listed"),
+        ]
+        if control.get("available"):
+            lines.append(Line("3", "control socket snapshot round trip",
+                              control["median"] * 1000, None, "ms", None, "<= 200 ms",
+                              control["median"] <= 0.2,
+                              f"median of 5, reply {control['reply_bytes'] / MB:.1f} MB "
+                              "(every pending job, as the TUI asks); with pending_limit "
+                              f"{LIMITED_PENDING}: {control['limited_median'] * 1000:.0f} ms"))
+        else:
+            lines.append(not_available("3", "control socket snapshot round trip",
+                                       control.get("reason", "uploader_core.control missing")))
+        if ctx.profile_dir is not None and not all(line.met for line in lines if
+                                                   line.met is not None):
+            again = {**spec, "control_socket": str(site.root / "ctl2.sock")}
+            _profile(ctx, "row3", again, site.root)
+            if not lines[1].met:
+                _profile_memory(ctx, "row3", {**again, "control_socket": None}, site.root)
+        return RowResult(lines, {"child": result})
+    finally:
+        _cleanup(ctx, pg, sftp, site.root)
+
+
+# --- row 4: memory with a very large video
+
+
+def row_big_video(ctx: Context) -> RowResult:
+    size = ctx.scale.big_video
+    free = ctx.bench.free_bytes()
+    note = ""
+    least = min(free.values())
+    if least < ctx.scale.big_video_min_free:
+        scaled = max(256 * MIB, (least - 2 * GIB) // 2 // MIB * MIB)
+        note = (f"only {least / GB:.1f} GB free (local {free['local'] / GB:.1f}, remote "
+                f"{free['remote'] / GB:.1f}): scaled down from {_fmt_bytes(size)} to "
+                f"{_fmt_bytes(scaled)}; ")
+        ctx.say(f"    NOTE: {note}")
+        size = scaled
+    pg, sftp = _fresh(ctx, "big")
+    site = Site(ctx.scratch / ctx.bench.unique("big"), pg, sftp)
+    site.make_dirs()
+    try:
+        started = time.perf_counter()
+        write_video(site.pending / "huge.mp4", size)
+        (site.pending / "huge.json").write_bytes(DocumentTemplate()("huge"))
+        stamp = time.time() - 60
+        for name in ("huge.mp4", "huge.json"):
+            os.utime(site.pending / name, (stamp, stamp))
+        ctx.say(f"    wrote {_fmt_bytes(size)} in {time.perf_counter() - started:.1f} s")
+        spec = {"config": _settled_config(site)}
+        result = run_child(spec, site.root, "big")
+        _expect_completed(result, 1, "row 4")
+        rss = result["maxrss"] / MB
+        if ctx.profile_dir is not None and rss > 80:
+            for p in site.uploaded.iterdir():
+                os.replace(p, site.pending / p.name)
+            with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+                conn.execute("DELETE FROM events")
+            _profile_memory(ctx, "row4", spec, site.root)
+        lines = [Line("4", f"peak RSS uploading a {_fmt_bytes(size)} video", rss, None, "MB",
+                      None, "<= 80 MB", rss <= 80,
+                      f"{note}{result['rss_after_construct'] / MB:.0f} MB once the engine "
+                      "was built; "
+                      f"{size / result['wall'] / MB:.0f} MB/s, "
+                      f"{result['cpu'] / (size / GB):.2f} CPU s/GB")]
+        return RowResult(lines, {"child": result, "bytes": size})
+    finally:
+        _cleanup(ctx, pg, sftp, site.root)
+
+
+# --- row 5: latency
+
+
+def row_latency(ctx: Context) -> RowResult:
+    from uploader_core import DataUploader
+    from uploader_core.monitor import EventKind
+
+    n = ctx.scale.latency_events
+    interval = ctx.scale.latency_interval
+    settle = 0.5
+    scan_interval = 0.2
+    pg, sftp = _fresh(ctx, "latency")
+    site = Site(ctx.scratch / ctx.bench.unique("latency"), pg, sftp)
+    site.make_dirs()
+    video = (os.urandom(MIB))
+    template = DocumentTemplate()
+    config = site.config(settle_seconds=settle, scan_interval_seconds=scan_interval,
+                         log_level="WARNING")
+    completed: dict[str, float] = {}
+    done = threading.Condition()
+
+    def on_event(event: Any) -> None:
+        if event.kind is EventKind.COMPLETED and event.event_id:
+            with done:
+                completed[event.event_id] = event.time
+                done.notify_all()
+
+    def write(event_id: str) -> float:
+        (site.pending / f"{event_id}.mp4").write_bytes(video)
+        json_path = site.pending / f"{event_id}.json"
+        json_path.write_bytes(template(event_id))
+        return json_path.stat().st_mtime_ns / 1e9
+
+    def wait_for(ids: set[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with done:
+            while not ids <= set(completed):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                done.wait(left)
+        return True
+
+    engine = DataUploader(config)
+    engine.monitor.subscribe(on_event)
+    thread = threading.Thread(target=engine.run, name="bench-engine", daemon=True)
+    thread.start()
+    written: dict[str, float] = {}
+    try:
+        # A running engine has its connections already: one event first, not counted.
+        write("warmup")
+        if not wait_for({"warmup"}, 60):
+            raise RuntimeError("row 5: the warm-up event did not complete within 60 s")
+        next_at = time.monotonic()
+        for i in range(n):
+            next_at += interval
+            event_id = f"live-{i:04d}"
+            written[event_id] = write(event_id)
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        if not wait_for(set(written), 60 + n):
+            raise RuntimeError(f"row 5: only {len(completed) - 1} of {n} events completed")
+    finally:
+        engine.request_stop()
+        thread.join(timeout=30)
+    try:
+        with psycopg.connect(pg.conninfo()) as conn:
+            rows: dict[str, float] = dict(conn.execute(
+                "SELECT event_id, extract(epoch FROM completed_at)::float8 FROM events "
+                "WHERE completed_at IS NOT NULL").fetchall())
+        latencies = sorted(rows[e] - (written[e] + settle) for e in written)
+        monitor_latencies = sorted(completed[e] - (written[e] + settle) for e in written)
+        p50 = _percentile(latencies, 50)
+        p95 = _percentile(latencies, 95)
+        note = (f"{n} x {_fmt_bytes(MIB)} one every {interval:g} s; scan_interval "
+                f"{scan_interval} s, settle {settle} s; from JSON mtime + settle to "
+                f"completed_at in the database")
+        lines = [
+            Line("5", "latency settle -> completed, p50", p50, None, "s", None, "<= 1 s",
+                 p50 <= 1.0, note),
+            Line("5", "latency settle -> completed, p95", p95, None, "s", None, "reported",
+                 None, f"max {latencies[-1]:.2f} s; archived (monitor) p50 "
+                       f"{_percentile(monitor_latencies, 50):.2f} s"),
+        ]
+        return RowResult(lines, {"latencies": latencies, "monitor_latencies": monitor_latencies,
+                                 "settle_seconds": settle, "scan_interval_seconds": scan_interval})
+    finally:
+        _cleanup(ctx, pg, sftp, site.root)
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+# --- row 6: fleet
+
+
+def row_fleet(ctx: Context) -> RowResult:
+    engines = ctx.scale.fleet_engines
+    per = ctx.scale.fleet_events
+    pg, sftp = _fresh(ctx, "fleet")
+    sites = []
+    procs: list[tuple[subprocess.Popen[str], Path]] = []
+    stop_polling = threading.Event()
+    peak = {"connections": 0}
+    try:
+        for e in range(engines):
+            site = Site(ctx.scratch / ctx.bench.unique(f"dev{e:02d}"), pg, sftp)
+            site.make_dirs()
+            write_small_packages(site.pending, event_ids(f"dev{e:02d}", per),
+                                 ctx.scale.fleet_video, age_seconds=60)
+            sites.append(site)
+        for e, site in enumerate(sites):
+            spec_path = site.root / "fleet.spec.json"
+            spec_path.write_text(json.dumps({
+                "config": _settled_config(site, database={
+                    **site.config()["uploader"]["database"],
+                    "application_name": f"bench-fleet-{e:02d}"}),
+                "wait_for_go": True}))
+            log_path = site.root / "fleet.log"
+            with open(log_path, "w") as log:
+                proc = subprocess.Popen(child_command(spec_path), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=log, text=True,
+                                        cwd=ROOT)
+            procs.append((proc, log_path))
+        for proc, log_path in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise ChildFailed(f"a fleet engine did not start: {log_path.read_text()[-2000:]}")
+
+        def poll() -> None:
+            with psycopg.connect(ctx.bench.postgres.admin_conninfo(), autocommit=True) as conn:
+                while not stop_polling.is_set():
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                        "AND backend_type = 'client backend'", (pg.dbname,)).fetchone()
+                    peak["connections"] = max(peak["connections"], row[0] if row else 0)
+                    stop_polling.wait(0.02)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        for proc, _ in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc, log_path in procs:
+            out, _ = proc.communicate(timeout=1800)
+            results.append(parse_result(out, proc.returncode, log_path))
+        stop_polling.set()
+        poller.join(timeout=5)
+        for r in results:
+            _expect_completed(r, per, "row 6")
+        span = max(r["finished_wall"] for r in results) - min(r["started_wall"] for r in results)
+        total = sum(r["completed"] for r in results)
+        rate = total / span
+        lines = [
+            Line("6", f"fleet {engines} engines x {per} events: total", rate, None, "events/s",
+                 None, "reported", None,
+                 f"{_fmt_bytes(ctx.scale.fleet_video)} videos, one PostgreSQL and one sshd, "
+                 f"{total} events in {span:.1f} s; engines are processes"),
+            Line("6", "peak database connections", peak["connections"], engines, "connections",
+                 peak["connections"] / engines, "reported", None,
+                 "pg_stat_activity polled every 20 ms; reference = number of engines"),
+        ]
+        return RowResult(lines, {"span": span, "total": total,
+                                 "peak_connections": peak["connections"],
+                                 "per_engine_wall": [r["wall"] for r in results]})
+    finally:
+        stop_polling.set()
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        _cleanup(ctx, pg, sftp, *(s.root for s in sites))
+
+
+# --- row 7: workers
+
+
+def row_workers(ctx: Context) -> RowResult:
+    supported, why = workers_supported()
+    if not supported:
+        reason = "option workers not implemented"
+        ctx.say(f"    {reason} ({why})")
+        return RowResult([not_available("7", "workers 1/2/4 (rows 1 and 2)", reason)],
+                         {"available": False, "engine_says": why})
+    lines: list[Line] = []
+    details: dict[str, Any] = {"available": True}
+    # Row 1 at each worker count, beside one OpenSSH put.
+    size = ctx.scale.large_file
+    pg, sftp = _fresh(ctx, "w-large")
+    src = ctx.scratch / ctx.bench.unique("w-large-src")
+    src.mkdir()
+    video = src / "source.mp4"
+    write_video(video, size)
+    template = DocumentTemplate()
+    try:
+        ssh = _openssh_large(ctx, video, size, sftp, "w")
+        ssh_rate = ssh["bytes"] / ssh["wall"] / MB
+        for w in ctx.scale.workers:
+            r = _large_file_round(ctx, video, size, 0, w, pg, sftp, template)
+            rate = r["bytes"] / r["wall"] / MB
+            lines.append(Line("7", f"row 1 throughput, workers={w}", rate, ssh_rate, "MB/s",
+                              rate / ssh_rate, ">= 1.0x OpenSSH", rate / ssh_rate >= 1.0))
+            details[f"large_w{w}"] = r
+        details["large_openssh"] = ssh
+    finally:
+        _cleanup(ctx, pg, sftp, src)
+    n = ctx.scale.small_events
+    src, ids = _small_source(ctx, n, ctx.scale.small_video)
+    try:
+        floor = _small_floor(ctx, src, ids)
+        for w in ctx.scale.workers:
+            r = _small_uploader(ctx, src, ids, workers=w)
+            ratio = r["wall"] / floor["wall"]
+            target = "<= 1.3x floor" if w == 1 else "< 1.0x floor"
+            met = ratio <= 1.3 if w == 1 else ratio < 1.0
+            lines.append(Line("7", f"row 2 time, workers={w}", r["wall"], floor["wall"], "s",
+                              ratio, target, met))
+            details[f"small_w{w}"] = r
+        details["small_floor"] = floor
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    return RowResult(lines, details)
+
+
+ROWS: dict[str, tuple[str, Callable[[Context], RowResult]]] = {
+    "1": ("large file vs OpenSSH sftp", row_large_file),
+    "2": ("many small events vs baseline and OpenSSH batch", row_small_events),
+    "3": ("backlog discovery, memory and snapshot", row_backlog),
+    "4": ("memory with a very large video", row_big_video),
+    "5": ("latency of events arriving live", row_latency),
+    "6": ("fleet against one server pair", row_fleet),
+    "7": ("parallel workers", row_workers),
+}

@@ -1,0 +1,46 @@
+"""The benchmark harness (``bench/``) runs end to end at its quick sizes.
+
+Nothing here looks at a timing: a loaded machine must not fail the suite. What is checked is
+that every row ran against the real servers, printed its line and landed in the results file
+with the machine's description.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--results-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "row | metric" in result.stdout
+    files = list(tmp_path.glob("*-quick.json"))
+    assert len(files) == 1, files
+    data = json.loads(files[0].read_text())
+
+    rows = data["rows"]
+    assert {line["row"] for line in rows} == {"1", "2", "3", "4", "5", "6", "7"}
+    assert not [line for line in rows if line["note"].startswith("FAILED")]
+    measured = [line for line in rows if not line["note"].startswith("not available")]
+    # Row 7 may wait for its option; rows 1 to 6 always measure something.
+    assert {line["row"] for line in measured} >= {"1", "2", "3", "4", "5", "6"}
+    for line in measured:
+        assert line["uploader"] is not None and line["uploader"] > 0, line
+
+    machine = data["machine"]
+    assert machine["cores"] >= 1
+    for key in ("cpu_model", "memory_bytes", "python", "paramiko", "psycopg", "openssh"):
+        assert machine[key], key
+    assert data["options"]["quick"] is True
