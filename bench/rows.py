@@ -464,15 +464,15 @@ def row_backlog(ctx: Context) -> RowResult:
                  "the snapshots below"),
             Line("3", "monitor.snapshot()", snap["median"] * 1000, None, "ms", None,
                  "<= 200 ms", snap["median"] <= 0.2,
-                 f"median of 5 (max {snap['max'] * 1000:.0f} ms), {snap['pending_count']:,} "
-                 "pending listed"),
+                 f"median of 5 (max {snap['max'] * 1000:.0f} ms), the oldest "
+                 f"{snap.get('listed', 0):,} of {snap['pending_count']:,} pending listed"),
         ]
         if control.get("available"):
             lines.append(Line("3", "control socket snapshot round trip",
                               control["median"] * 1000, None, "ms", None, "<= 200 ms",
                               control["median"] <= 0.2,
                               f"median of 5, reply {control['reply_bytes'] / MB:.1f} MB "
-                              "(every pending job, as the TUI asks); with pending_limit "
+                              "(the default snapshot the TUI asks for); with pending_limit "
                               f"{LIMITED_PENDING}: {control['limited_median'] * 1000:.0f} ms"))
         else:
             lines.append(not_available("3", "control socket snapshot round trip",

@@ -42,7 +42,7 @@ from .control_protocol import (
     socket_path,
 )
 from .errors import ConfigurationError, PermanentJobError
-from .monitor import Event
+from .monitor import DEFAULT_PENDING_LIMIT, Event
 from .package import JSON_SUFFIX, check_event_id
 
 if TYPE_CHECKING:
@@ -495,7 +495,7 @@ class ControlServer:
                 "uploaded_dir": str(engine.uploaded_dir), "failed_dir": str(engine.failed_dir)}
 
     def _snapshot(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
-        limit = request.get("pending_limit")
+        limit = request.get("pending_limit", DEFAULT_PENDING_LIMIT)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                                   or limit < 0):
             raise RequestError("pending_limit must be a non-negative integer")
@@ -504,7 +504,12 @@ class ControlServer:
     def _subscribe(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
         client.subscribed = True
         with_snapshot = request.get("snapshot", True)
-        return {"snapshot": self.engine.monitor.snapshot() if with_snapshot else None}
+        limit = request.get("pending_limit", DEFAULT_PENDING_LIMIT)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 0):
+            raise RequestError("pending_limit must be a non-negative integer")
+        snapshot = self.engine.monitor.snapshot(pending_limit=limit) if with_snapshot else None
+        return {"snapshot": snapshot}
 
     def _unsubscribe_client(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
         client.subscribed = False

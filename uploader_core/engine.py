@@ -39,7 +39,7 @@ from .errors import (
     UploaderError,
 )
 from .job import Job, JobResult, Outcome, Phase, RecordState, TransferReceipt
-from .monitor import EngineState, Monitor, PendingJob
+from .monitor import EngineState, Monitor
 from .package import (
     JSON_SUFFIX,
     VIDEO_SUFFIX,
@@ -271,10 +271,8 @@ class DataUploader:
             self._report("scan", logging.ERROR,
                          f"cannot read pending directory {self.pending_dir}: {exc.strerror}")
             return results
-        self._settle.prune({str(p) for c in candidates for p in (c.json_path, c.video_path)})
-        self.monitor.pass_started(
-            PendingJob(c.stem, c.json_size + c.video_size, c.json_mtime_ns / 1e9)
-            for c in candidates)
+        self._settle.prune()
+        self.monitor.pass_started(candidates)
         for candidate in candidates:
             if self._stop.is_set() or self._paused.is_set():
                 break

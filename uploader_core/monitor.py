@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ PROGRESS_INTERVAL = 0.2  # seconds between progress events of one transfer
 HISTORY_PER_JOB = 20
 JOBS_REMEMBERED = 2000
 RECENT_UPLOADS = 200
+# A backlog after a week offline can hold 100,000 packages: a snapshot lists the oldest this
+# many (``pending_count`` says how many there are) unless asked for another limit; ``None``
+# asks for all of them.
+DEFAULT_PENDING_LIMIT = 10_000
 
 
 class EventKind(str, enum.Enum):
@@ -78,11 +82,26 @@ class Transfer:
                 "rate": rate, "eta": eta, "started": self.started}
 
 
-@dataclass
+class PendingEntry(Protocol):
+    """What the monitor lists for a job waiting in the pending directory."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def since(self) -> float: ...  # the JSON's mtime
+
+
+@dataclass(frozen=True, slots=True)
 class PendingJob:
+    """A plain :class:`PendingEntry` (the engine hands over its scan results directly)."""
+
     event_id: str
     size: int
-    since: float  # the JSON's mtime
+    since: float
 
 
 class Monitor:
@@ -94,7 +113,7 @@ class Monitor:
         self._subscribers: dict[int, Callable[[Event], None]] = {}
         self._ids = itertools.count()
         self.state = EngineState.STARTING
-        self._pending: dict[str, PendingJob] = {}
+        self._pending: dict[str, PendingEntry] = {}
         self._history: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         self._attempts: dict[str, int] = {}
         self._last_error: dict[str, str] = {}
@@ -148,7 +167,8 @@ class Monitor:
             self.state = state
         self._publish(EventKind.STATE, state=state.value)
 
-    def pass_started(self, pending: Iterable[PendingJob]) -> None:
+    def pass_started(self, pending: Iterable[PendingEntry]) -> None:
+        """``pending`` in the order to show them (oldest first); kept as given, not copied."""
         with self._lock:
             self._pending = {p.event_id: p for p in pending}
         self._publish(EventKind.PASS_STARTED, pending=len(self._pending))
@@ -267,14 +287,15 @@ class Monitor:
                 "history": list(self._history.get(event_id, ())),
             }
 
-    def snapshot(self, pending_limit: int | None = None) -> dict[str, Any]:
+    def snapshot(self, pending_limit: int | None = DEFAULT_PENDING_LIMIT) -> dict[str, Any]:
         """The whole picture as plain JSON-able data."""
         now = self._clock()
         with self._lock:
-            pending_jobs = sorted(self._pending.values(), key=lambda p: (p.since, p.event_id))
-            total_pending = len(pending_jobs)
+            # Already oldest first: the engine scans in that order.
+            total_pending = len(self._pending)
+            pending_jobs: Iterable[PendingEntry] = self._pending.values()
             if pending_limit is not None:
-                pending_jobs = pending_jobs[:pending_limit]
+                pending_jobs = itertools.islice(pending_jobs, pending_limit)
             pending = [{"event_id": p.event_id, "size": p.size, "age": now - p.since,
                         "attempts": self._attempts.get(p.event_id, 0),
                         "last_error": self._last_error.get(p.event_id)}

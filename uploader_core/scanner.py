@@ -1,8 +1,9 @@
 """Finding jobs in the pending directory.
 
 A job exists when a ``<event_id>.json`` is present. Hidden files (a leading dot) are other
-programs' temporary files and are never jobs. One ``scandir`` per pass: with a backlog of
-100,000 events, discovery has to stay well under a second.
+programs' temporary files and are never jobs. One ``scandir`` per pass, keeping only a few
+integers per file: after a week offline the backlog can be 100,000 packages, and discovery
+has to stay well under a second and a few tens of megabytes.
 """
 
 from __future__ import annotations
@@ -17,60 +18,68 @@ from pathlib import Path
 from .package import JSON_SUFFIX, VIDEO_SUFFIX
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A trigger file seen by one scan, not yet read."""
 
+    directory: Path
     stem: str
-    json_path: Path
-    video_path: Path
     json_mtime_ns: int
     json_size: int
     json_is_regular: bool
     video_present: bool
     video_size: int  # 0 when absent or not a regular file
 
+    @property
+    def json_path(self) -> Path:
+        return self.directory / f"{self.stem}{JSON_SUFFIX}"
+
+    @property
+    def video_path(self) -> Path:
+        return self.directory / f"{self.stem}{VIDEO_SUFFIX}"
+
+    # What the monitor lists for a pending job.
+    @property
+    def event_id(self) -> str:
+        return self.stem
+
+    @property
+    def size(self) -> int:
+        return self.json_size + self.video_size
+
+    @property
+    def since(self) -> float:
+        return self.json_mtime_ns / 1e9
+
 
 def scan(pending: Path) -> list[Candidate]:
     """Every trigger in ``pending``, oldest first (by the JSON's mtime, then name)."""
-    found: list[Candidate] = []
-    videos: dict[str, os.DirEntry[str]] = {}
-    triggers: list[os.DirEntry[str]] = []
+    triggers: list[tuple[int, str, int, bool]] = []
+    videos: dict[str, int] = {}  # stem -> size (0 when not a regular file)
+    json_len, video_len = len(JSON_SUFFIX), len(VIDEO_SUFFIX)
     with os.scandir(pending) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 continue
-            if name.endswith(JSON_SUFFIX) and len(name) > len(JSON_SUFFIX):
-                triggers.append(entry)
-            elif name.endswith(VIDEO_SUFFIX):
-                videos[name] = entry
-    for entry in triggers:
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        stem = entry.name[: -len(JSON_SUFFIX)]
-        video_name = stem + VIDEO_SUFFIX
-        video = videos.get(video_name)
-        video_size = 0
-        if video is not None:
+            is_json = name.endswith(JSON_SUFFIX) and len(name) > json_len
+            if not is_json and not name.endswith(VIDEO_SUFFIX):
+                continue
             try:
-                vst = video.stat(follow_symlinks=False)
-                video_size = vst.st_size if stat.S_ISREG(vst.st_mode) else 0
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                video = None
-        found.append(Candidate(
-            stem=stem,
-            json_path=pending / entry.name,
-            video_path=pending / video_name,
-            json_mtime_ns=st.st_mtime_ns,
-            json_size=st.st_size,
-            json_is_regular=stat.S_ISREG(st.st_mode),
-            video_present=video is not None,
-            video_size=video_size,
-        ))
-    found.sort(key=lambda c: (c.json_mtime_ns, c.stem))
+                continue
+            regular = stat.S_ISREG(st.st_mode)
+            if is_json:
+                triggers.append((st.st_mtime_ns, name[:-json_len], st.st_size, regular))
+            else:
+                videos[name[:-video_len]] = st.st_size if regular else 0
+    triggers.sort()
+    found = []
+    for mtime_ns, stem, size, regular in triggers:
+        video_size = videos.get(stem)
+        found.append(Candidate(pending, stem, mtime_ns, size, regular, video_size is not None,
+                               video_size or 0))
     return found
 
 
@@ -80,6 +89,7 @@ class SettleTracker:
     A file is settled when its mtime is that old by the wall clock, or when this process has
     seen the same size and mtime for that long by the monotonic clock: the second rule keeps a
     file whose mtime lies in the future (a device clock that jumped) from waiting forever.
+    Only files not yet settled are remembered, so memory follows what is being written.
     """
 
     def __init__(self, settle_seconds: float,
@@ -94,21 +104,21 @@ class SettleTracker:
         if self.settle_seconds <= 0:
             return True
         key = str(path)
+        if self._wall() - st.st_mtime_ns / 1e9 >= self.settle_seconds:
+            self._seen.pop(key, None)
+            return True
         signature = (st.st_size, st.st_mtime_ns)
         now = self._monotonic()
         previous = self._seen.get(key)
         if previous is None or previous[0] != signature:
             self._seen[key] = (signature, now)
-            first_seen = now
-        else:
-            first_seen = previous[1]
-        age = self._wall() - st.st_mtime_ns / 1e9
-        return age >= self.settle_seconds or now - first_seen >= self.settle_seconds
+            return False
+        return now - previous[1] >= self.settle_seconds
 
     def forget(self, path: Path) -> None:
         self._seen.pop(str(path), None)
 
-    def prune(self, keep: set[str]) -> None:
-        """Drop what belongs to files that are gone, so memory follows the queue."""
-        for key in [k for k in self._seen if k not in keep]:
+    def prune(self) -> None:
+        """Drop what belongs to files that are gone."""
+        for key in [k for k in self._seen if not os.path.lexists(k)]:
             del self._seen[key]
