@@ -26,6 +26,10 @@ def problems(snapshot: dict[str, Any]) -> list[str]:
     for name, health in sorted(snapshot.get("endpoints", {}).items()):
         if not health.get("up"):
             found.append(f"{name} is down: {health.get('reason') or 'unknown reason'}")
+    disk = snapshot.get("disk") or {}
+    if disk.get("low_space"):
+        found.append("low free space for the pending directory: "
+                     f"{human_bytes(disk.get('pending_free_bytes') or 0)} left")
     return found
 
 
@@ -111,6 +115,10 @@ def render(snapshot: dict[str, Any]) -> str:
     rows.append(("uploaded", text))
     failed = snapshot.get("quarantined") or []
     rows.append(("failed", str(len(failed)) if failed else "none"))
+    disk = snapshot.get("disk") or {}
+    if disk.get("pending_free_bytes") is not None:
+        low = " (LOW)" if disk.get("low_space") else ""
+        rows.append(("disk", f"{human_bytes(disk['pending_free_bytes'])} free for pending{low}"))
     width = max(len(key) for key, _ in rows)
     lines = [f"{key:<{width}}  {value}" for key, value in rows]
     for item in failed[:FAILED_SHOWN]:

@@ -96,6 +96,17 @@ def test_render_lines_up_and_shows_the_transfer() -> None:
     assert status.exit_code(snapshot) == status.EXIT_HEALTHY
 
 
+def test_low_free_space_for_the_pending_directory_is_shown_and_unhealthy() -> None:
+    snapshot = {"time": 1000.0, "state": "idle", "pending_count": 0, "pending": [],
+                "endpoints": {}, "recent": [], "quarantined": [],
+                "totals": {"completed": 0, "bytes_sent": 0},
+                "disk": {"pending_free_bytes": 50_000_000, "low_space": True}}
+    text = status.render(snapshot)
+    assert "disk" in text and "50.0 MB free for pending (LOW)" in text
+    assert "UNHEALTHY: low free space for the pending directory: 50.0 MB left" in text
+    assert status.exit_code(snapshot) == status.EXIT_UNHEALTHY
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     key = tmp_path / "key"
