@@ -10,12 +10,9 @@ PostgreSQL with the keys the client's SCRAM exchange gave it.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
-import signal
 import subprocess
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import psycopg
 
 from . import pgadmin, system
 from .endpoints import PostgresEndpoint, PostgresServer
+from .process import LocalProcess
 
 DEFAULT_POOL_SIZE = 5
 _CANDIDATES = (Path("/usr/sbin/pgbouncer"), Path("/usr/bin/pgbouncer"))
@@ -53,7 +51,7 @@ def _server_account() -> system.Account:
     return system.Account.lookup("postgres") or system.ensure_system_user("uploader-test")
 
 
-class LocalPgBouncer:
+class LocalPgBouncer(LocalProcess):
     """PgBouncer under ``<workspace>/pgbouncer``; ``endpoint_for()`` reroutes an endpoint."""
 
     def __init__(
@@ -64,16 +62,13 @@ class LocalPgBouncer:
         pool_size: int = DEFAULT_POOL_SIZE,
         max_client_conn: int = 500,
     ) -> None:
+        super().__init__(workspace, workspace / "pgbouncer" / "pgbouncer.log")
         self._binary = find_pgbouncer()
-        self._workspace = workspace
         self._postgres = postgres
         self._account = _server_account()
         self._dir = workspace / "pgbouncer"
         self._config = self._dir / "pgbouncer.ini"
         self._auth_file = self._dir / "userlist.txt"
-        self._log = self._dir / "pgbouncer.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
         self.pool_size = pool_size
         self.max_client_conn = max_client_conn
         self.port = system.free_port()
@@ -156,73 +151,26 @@ class LocalPgBouncer:
 
     # --- control -------------------------------------------------------------------------
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    name = "pgbouncer"
 
-    def start(self) -> None:
-        with self._lock:
-            if self.is_running():
-                return
-            with open(self._log, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [str(self._binary), str(self._config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._dir,
-                    start_new_session=True,
-                    **self._account.popen_kwargs(),
-                )
-            system.record_pid(self._workspace, "pgbouncer", self._proc.pid)
-            system.wait_until(
-                self._answers,
-                f"PgBouncer on port {self.port}",
-                details=lambda: system.log_tail(self._log),
-            )
+    def _launch(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(self._binary), str(self._config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self._dir,
+            start_new_session=True,
+            **self._account.popen_kwargs(),
+        )
 
-    def _answers(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(
-                f"pgbouncer exited with status {self._proc.returncode}\n"
-                f"{system.log_tail(self._log)}"
-            )
+    def _ready(self) -> bool:
         try:
             with psycopg.connect(self.admin_conninfo(), autocommit=True) as conn:
                 conn.execute("SHOW VERSION")
         except psycopg.OperationalError:
             return False
         return True
-
-    def stop(self) -> None:
-        """Immediate shutdown (SIGTERM): client and server connections are closed."""
-        with self._lock:
-            if self._proc is not None:
-                system.stop_process(self._proc, signal.SIGTERM)
-                self._proc = None
-                system.record_pid(self._workspace, "pgbouncer", None)
-                system.wait_port_closed(self.port)
-
-    def kill(self) -> None:
-        with self._lock:
-            if self._proc is not None:
-                system.kill_tree(self._proc.pid)
-                self._proc.wait()
-                self._proc = None
-                system.record_pid(self._workspace, "pgbouncer", None)
-                system.wait_port_closed(self.port)
-
-    def restart(self) -> None:
-        with self._lock:
-            self.stop()
-            self.start()
-
-    def ensure_running(self) -> None:
-        self.start()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
 
 
 def show(console: psycopg.Connection[Any], what: str) -> list[dict[str, Any]]:

@@ -7,13 +7,14 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from . import pgadmin, system
 from .endpoints import PostgresEndpoint
+from .process import LocalProcess
 from .tls import make_server_certificate
 
 SUPERUSER = "postgres"
@@ -70,18 +71,19 @@ def _server_account() -> system.Account:
     return system.Account.lookup("postgres") or system.ensure_system_user("uploader-test")
 
 
-class LocalPostgres:
+class LocalPostgres(LocalProcess):
     """A cluster in ``<workspace>/postgres`` serving one test role over TCP (and TLS)."""
 
+    name = "postgres"
+    # Fast shutdown: sessions are terminated, the port closes.
+    stop_signal = signal.SIGINT
+
     def __init__(self, workspace: Path) -> None:
-        self._workspace = workspace
+        super().__init__(workspace, workspace / "postgres" / "server.log")
         self._bindir = find_bindir()
         self._account = _server_account()
         self._dir = workspace / "postgres"
         self._data = self._dir / "data"
-        self._log = self._dir / "server.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
         self.port = system.free_port()
         self.ca_cert = workspace / "postgres-ca.crt"
 
@@ -127,42 +129,26 @@ class LocalPostgres:
 
     # --- control -------------------------------------------------------------------------
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def _before_start(self) -> None:
+        # After kill() the lock file names a dead postmaster; nothing else uses this data
+        # directory, so it is stale and would only risk a clash with a recycled pid.
+        (self._data / "postmaster.pid").unlink(missing_ok=True)
 
-    def start(self) -> None:
-        with self._lock:
-            if self.is_running():
-                return
-            # After kill() the lock file names a dead postmaster; nothing else uses this data
-            # directory, so it is stale and would only risk a clash with a recycled pid.
-            (self._data / "postmaster.pid").unlink(missing_ok=True)
-            with open(self._log, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [str(self._bindir / "postgres"), "-D", str(self._data)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._dir,
-                    env=self._env(),
-                    # Its own session: a Ctrl-C in the terminal reaches only pytest, whose
-                    # teardown then stops the server in order.
-                    start_new_session=True,
-                    **self._account.popen_kwargs(),
-                )
-            system.record_pid(self._workspace, "postgres", self._proc.pid)
-            system.wait_until(
-                self._accepts_queries,
-                f"PostgreSQL on port {self.port}",
-                details=lambda: system.log_tail(self._log),
-            )
+    def _launch(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(self._bindir / "postgres"), "-D", str(self._data)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self._dir,
+            env=self._env(),
+            # Its own session: a Ctrl-C in the terminal reaches only pytest, whose
+            # teardown then stops the server in order.
+            start_new_session=True,
+            **self._account.popen_kwargs(),
+        )
 
-    def _accepts_queries(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(
-                f"postgres exited with status {self._proc.returncode}\n{system.log_tail(self._log)}"
-            )
+    def _ready(self) -> bool:
         try:
             with psycopg.connect(self.admin_conninfo()) as conn:
                 conn.execute("SELECT 1")
@@ -170,33 +156,3 @@ class LocalPostgres:
             # Not listening yet, or "the database system is starting up" (crash recovery).
             return False
         return True
-
-    def stop(self) -> None:
-        """Fast shutdown: sessions are terminated, the port closes."""
-        with self._lock:
-            if self._proc is not None:
-                system.stop_process(self._proc, signal.SIGINT)
-                self._proc = None
-                system.record_pid(self._workspace, "postgres", None)
-                system.wait_port_closed(self.port)
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and every backend; start() then runs crash recovery."""
-        with self._lock:
-            if self._proc is not None:
-                system.kill_tree(self._proc.pid)
-                self._proc.wait()
-                self._proc = None
-                system.record_pid(self._workspace, "postgres", None)
-                system.wait_port_closed(self.port)
-
-    def restart(self) -> None:
-        with self._lock:
-            self.stop()
-            self.start()
-
-    def ensure_running(self) -> None:
-        self.start()
-
-    def close(self) -> None:
-        self.stop()

@@ -7,12 +7,13 @@ import posixpath
 import re
 import signal
 import subprocess
-import threading
 from pathlib import Path
+from typing import Any
 
 from . import system
 from .endpoints import SftpDirs, SftpEndpoint
 from .keys import known_hosts_line, make_ed25519_key
+from .process import LocalProcess
 
 SFTP_USER = "uploader-sftp"
 SSHD = Path("/usr/sbin/sshd")
@@ -45,7 +46,7 @@ def make_sftp_dirs(endpoint: SftpEndpoint, name: str, owner: system.Account) -> 
     )
 
 
-class LocalSshd:
+class LocalSshd(LocalProcess):
     """sshd with its own host key and config under ``<workspace>/sshd``.
 
     Logins are as ``uploader-sftp`` (not root, which would bypass the permission checks tests
@@ -58,14 +59,11 @@ class LocalSshd:
             raise RuntimeError(f"{SSHD} not found; run scripts/install-system-deps.sh as root")
         if chroot and not system.is_root():
             raise PermissionError("sshd can only chroot its users when it runs as root")
-        self._workspace = workspace
+        self.name = "sshd-chroot" if chroot else "sshd"
+        super().__init__(workspace, workspace / self.name / "sshd.log")
         self._chroot = chroot
-        self._name = "sshd-chroot" if chroot else "sshd"
-        self._dir = workspace / self._name
-        self._log = self._dir / "sshd.log"
+        self._dir = workspace / self.name
         self._config = self._dir / "sshd_config"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
         self.account = (
             system.ensure_system_user(SFTP_USER) if system.is_root() else system.Account.current()
         )
@@ -152,66 +150,23 @@ class LocalSshd:
 
     # --- control -------------------------------------------------------------------------
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def _launch(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            # -D: stay in the foreground, so the process we hold is the listener.
+            [str(SSHD), "-D", "-e", "-f", str(self._config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
-    def start(self) -> None:
-        with self._lock:
-            if self.is_running():
-                return
-            with open(self._log, "ab") as log:
-                self._proc = subprocess.Popen(
-                    # -D: stay in the foreground, so the process we hold is the listener.
-                    [str(SSHD), "-D", "-e", "-f", str(self._config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            system.record_pid(self._workspace, self._name, self._proc.pid)
-            system.wait_until(
-                self._greets,
-                f"sshd on port {self.port}",
-                details=lambda: system.log_tail(self._log),
-            )
-
-    def _greets(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(
-                f"sshd exited with status {self._proc.returncode}\n{system.log_tail(self._log)}"
-            )
+    def _ready(self) -> bool:
         return system.ssh_greets(self.port)
 
-    def stop(self) -> None:
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM the listener and every session process; established sessions end too."""
-        with self._lock:
-            if self._proc is not None:
-                sessions = system.process_tree(self._proc.pid)
-                system.signal_tree(self._proc.pid, signal.SIGTERM)
-                system.stop_process(self._proc, signal.SIGTERM)
-                system.reap_or_kill(sessions)
-                self._proc = None
-                system.record_pid(self._workspace, self._name, None)
-                system.wait_port_closed(self.port)
+        sessions = system.process_tree(proc.pid)
+        system.signal_tree(proc.pid, signal.SIGTERM)
+        system.stop_process(proc, signal.SIGTERM)
+        system.reap_or_kill(sessions)
 
-    def kill(self) -> None:
-        """SIGKILL the listener and every session process: connections drop without goodbye."""
-        with self._lock:
-            if self._proc is not None:
-                system.kill_tree(self._proc.pid)
-                self._proc.wait()
-                self._proc = None
-                system.record_pid(self._workspace, self._name, None)
-                system.wait_port_closed(self.port)
-
-    def restart(self) -> None:
-        with self._lock:
-            self.stop()
-            self.start()
-
-    def ensure_running(self) -> None:
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
