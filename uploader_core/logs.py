@@ -49,5 +49,7 @@ def setup(level: str = "INFO") -> None:
     handler._uploader = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # paramiko narrates every handshake at INFO; its warnings still come through.
-    logging.getLogger("paramiko").setLevel(max(logging.WARNING, root.level))
+    # paramiko narrates every handshake at INFO and logs a traceback at ERROR for each failed
+    # one; the SFTP plugin reports every failure in its own words, so keep paramiko for DEBUG.
+    logging.getLogger("paramiko").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
