@@ -136,6 +136,8 @@ class Session:
     sftp: paramiko.SFTPClient
     # Learnt on this connection: None until a rename showed whether posix-rename works.
     posix_rename: bool | None = None
+    # Learnt on this connection: the largest write the server accepts; None until asked.
+    write_limit: int | None = None
     # Set when an operation timed out or the link failed: the session must not be used again.
     broken: bool = False
     opened_at: float = field(default_factory=time.monotonic)

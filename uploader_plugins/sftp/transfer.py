@@ -9,14 +9,17 @@ Why it is written this way:
   it get a plain SFTP rename, and servers that refuse to rename onto an existing file (the
   final file can exist from an attempt that crashed after its rename) get remove + rename:
   between the two the final name is briefly absent, never partial.
-- Speed: writes are pipelined (no round trip per write) and sized so that each SFTP write
-  request fits in one SSH channel packet. paramiko's own 32 KiB requests overflow the
-  server's 32 KiB packet by the request header, which doubles the packets sent and costs
-  about a third of the throughput.
-- Correctness of pipelining: paramiko checks the acknowledgements of pipelined writes only
-  from time to time and never at close, so the last write of each file is sent unpipelined,
-  which makes paramiko wait for, and check, every acknowledgement still pending. The size of
-  the temporary file is then compared with what was sent.
+- Speed: every request of an upload is pipelined (:mod:`.pipeline`). A video's stat (is
+  there a partial file to continue?) goes out with its open, which does not truncate; the
+  size query and the close go out behind the last write. A file then costs three round trips
+  (open, finish, rename) whatever its size. Writes are as large as the server's
+  ``limits@openssh.com`` allows, up to about 128 KiB in whole channel packets and whole
+  pages; a server that gives no limit gets requests that fit one 32 KiB channel packet
+  (paramiko's own 32 KiB requests overflow it by the request header, doubling the packets).
+- Correctness of pipelining: the answer to every write is read and checked, those in as the
+  upload goes (a full disk stops it early), the rest before the size and the close are
+  looked at. The size the server reports for the open file is compared with what was sent,
+  and the file is renamed only once the close succeeded.
 - Memory stays flat whatever the size: one reusable buffer of about 1 MiB, and the server's
   channel window bounds what is in flight.
 - Resuming: a video whose temporary file is already on the server (an earlier attempt was cut)
@@ -40,13 +43,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Protocol, cast
 
-import paramiko
-
 from uploader_core.errors import EndpointUnavailable, TransientError
 from uploader_core.job import Job, ProgressCallback, TransferReceipt
 
 from .connection import Interrupter, Session
 from .failures import RemoteOp, is_sftp_status, translate
+from .pipeline import Pipeline, RemoteFile
 from .resume import Checkpoints, FileKey, PrefixHashes, sample_blocks
 from .settings import SftpSettings, setting
 from .throttle import RateLimiter
@@ -59,7 +61,10 @@ DESTINATION = "sftp"
 # protocol), offset, data length. paramiko keeps 64 bytes of each channel packet spare.
 _WRITE_HEADER = 4 + 1 + 4 + (4 + 256) + 8 + 4
 _CHANNEL_SPARE = 64
-_MAX_WRITE = 32768  # what paramiko sends at most per request, and what every server accepts
+_MAX_WRITE = 32768  # what every server accepts, and what a server that gives no limit gets
+# Larger writes mean fewer requests and answers; beyond about this, throughput drops again.
+_TARGET_WRITE = 128 * 1024
+_PAGE = 4096
 _READ_SIZE = 1 << 20
 
 
@@ -121,28 +126,42 @@ class Transfer:
         dir_setting = setting(dir_key)
         temporary = posixpath.join(directory, temporary_name(name))
         final = posixpath.join(directory, name)
-        sftp = self._session.sftp
         where = self._settings.address
 
         piece = self._write_size()
         buffer = bytearray(piece * max(1, _READ_SIZE // piece))
+        pipeline = Pipeline(self._session.sftp)
+        create_op = RemoteOp(f"creating {temporary}", dir_setting,
+                             missing=f"remote directory {directory} does not exist on {where}")
         checkpoints: Checkpoints | None = None
         offset = 0
-        remote: paramiko.SFTPFile | None = None
-        if resume is not None:
+        if resume is None:
+            with self._op(create_op):
+                remote = RemoteFile(pipeline,
+                                    pipeline.handle(pipeline.open_for_writing(temporary,
+                                                                              truncate=True)))
+        else:
             checkpoints = self._hashes.recorder(resume, size)
-            offset = self._resume_point(cast(_Video, source), size, temporary, dir_setting)
-            if offset:
-                remote = self._open_to_resume(temporary, dir_setting, offset)
-                if remote is None:
-                    offset = 0
-        if remote is None:
-            with self._op(RemoteOp(f"creating {temporary}", dir_setting,
-                                   missing=f"remote directory {directory} does not exist on "
-                                           f"{where}")):
-                remote = sftp.open(temporary, "wb")
+            # One round trip: the size of what an earlier attempt left, and a handle to write
+            # that file without truncating it (it may be continued).
+            with self._op(RemoteOp(f"looking at {temporary}", dir_setting)):
+                stat_request = pipeline.stat(temporary)
+                open_request = pipeline.open_for_writing(temporary, truncate=False)
+            try:
+                partial = self._partial_size(pipeline, stat_request, temporary, dir_setting)
+            except BaseException:
+                self._abandon_open(pipeline, open_request)
+                raise
+            with self._op(create_op):
+                remote = RemoteFile(pipeline, pipeline.handle(open_request))
         hasher: hashlib._Hash | None = None
         try:
+            if resume is not None:
+                offset = self._resume_point(cast(_Video, source), size, temporary, dir_setting,
+                                            partial)
+                if partial > size:
+                    with self._op(RemoteOp(f"emptying {temporary}", dir_setting)):
+                        remote.truncate()
             if checkpoints is not None:
                 hasher = (self._hash_prefix(cast(_Video, source), offset, checkpoints,
                                             memoryview(buffer))
@@ -152,8 +171,15 @@ class Transfer:
                 self._progress(self._done, self._total)
             self._stream(source, size, offset, name, remote, temporary, dir_setting, hasher,
                          checkpoints, piece, buffer)
+            size_op = RemoteOp(f"checking the size of {temporary}", dir_setting)
+            with self._op(size_op):
+                size_request, close_request = remote.finish()
+            with self._op(self._write_op(temporary, dir_setting)):
+                remote.check_writes()
+            with self._op(size_op):
+                remote_size = pipeline.attributes(size_request).st_size
             with self._op(RemoteOp(f"closing {temporary}", dir_setting)):
-                remote.close()
+                pipeline.status(close_request)
         except BaseException:
             # Leave the partial file: it is under its temporary name, harmless, and the next
             # attempt resumes it. Close it only while the connection is healthy (an
@@ -164,8 +190,6 @@ class Transfer:
                     remote.close()
             raise
 
-        with self._op(RemoteOp(f"checking the size of {temporary}", dir_setting)):
-            remote_size = sftp.stat(temporary).st_size
         if remote_size != size:
             raise TransientError(
                 f"{temporary} has {remote_size} bytes on the server after {size} were sent; "
@@ -179,16 +203,23 @@ class Transfer:
             log.debug("uploaded %s (%d bytes)", final, size)
         return final, hasher
 
+    @staticmethod
+    def _write_op(temporary: str, dir_setting: str) -> RemoteOp:
+        return RemoteOp(f"writing {temporary}", dir_setting, failure=EndpointUnavailable,
+                        hint=" (is the server's disk full?)")
+
     def _stream(self, source: _Readable, size: int, sent: int, name: str,
-                remote: paramiko.SFTPFile, temporary: str, dir_setting: str,
+                remote: RemoteFile, temporary: str, dir_setting: str,
                 hasher: hashlib._Hash | None, checkpoints: Checkpoints | None, piece: int,
                 buffer: bytearray) -> None:
-        """Send ``source`` from byte ``sent`` (where it is positioned) to ``size``."""
+        """Send ``source`` from byte ``sent`` (where it is positioned) to ``size``.
+
+        Every write is pipelined; the answers that have come in are checked as it goes, the
+        rest by the caller.
+        """
         view = memoryview(buffer)
         limiter = self._limiter
-        remote.set_pipelined(True)
-        write_op = RemoteOp(f"writing {temporary}", dir_setting, failure=EndpointUnavailable,
-                            hint=" (is the server's disk full?)")
+        write_op = self._write_op(temporary, dir_setting)
         while sent < size:
             want = min(len(buffer), size - sent)
             rate = limiter.rate
@@ -199,17 +230,13 @@ class Transfer:
             data = view[:got]
             if hasher is not None:
                 hasher.update(data)
-            last = sent + got >= size
             with self._op(write_op):
                 for start in range(0, got, piece):
                     end = min(start + piece, got)
                     if limiter.rate:
                         limiter.pace(end - start)
                         self._interrupter.check(f"uploading {name}")
-                    if last and end == got:
-                        # Unpipelined: waits for and checks every pending acknowledgement.
-                        remote.set_pipelined(False)
-                    remote.write(data[start:end])
+                    remote.write(sent + start, data[start:end])
             sent += got
             if checkpoints is not None and hasher is not None:
                 checkpoints.record(sent, hasher)
@@ -229,20 +256,33 @@ class Transfer:
 
     # --- resuming
 
-    def _resume_point(self, video: _Video, size: int, temporary: str, dir_setting: str) -> int:
-        """How many bytes of the video the server's temporary file already holds, or 0.
-
-        0 when there is no such file, when it is larger than the video, when it cannot be
-        read back, or when a sampled block differs from the local video.
-        """
-        session = self._session
+    def _partial_size(self, pipeline: Pipeline, request: int, temporary: str,
+                      dir_setting: str) -> int:
+        """The answer to a stat of the temporary file: its size, 0 if there is none."""
         try:
-            partial = session.sftp.stat(temporary).st_size or 0
+            return pipeline.attributes(request).st_size or 0
         except FileNotFoundError:
             return 0
         except Exception as exc:
             raise self._translate(exc, RemoteOp(f"looking at {temporary}", dir_setting)) \
                 from exc
+
+    def _abandon_open(self, pipeline: Pipeline, request: int) -> None:
+        """Close what an open sent without waiting gave, if it gave a handle; never raises."""
+        if not self._session.alive() or self._interrupter.requested:
+            return
+        with suppress(Exception):
+            RemoteFile(pipeline, pipeline.handle(request)).close()
+
+    def _resume_point(self, video: _Video, size: int, temporary: str, dir_setting: str,
+                      partial: int) -> int:
+        """How many bytes of the video the server's temporary file (``partial`` bytes) already
+        holds, or 0.
+
+        0 when there is no such file, when it is larger than the video, when it cannot be
+        read back, or when a sampled block differs from the local video.
+        """
+        session = self._session
         if partial <= 0:
             return 0
         if partial > size:
@@ -276,23 +316,6 @@ class Transfer:
                  partial, size)
         return partial
 
-    def _open_to_resume(self, temporary: str, dir_setting: str,
-                        offset: int) -> paramiko.SFTPFile | None:
-        """``temporary`` opened for writing at ``offset`` without truncating it; None if the
-        server refuses (it then gets written again from the start, or says why not)."""
-        session = self._session
-        try:
-            remote = session.sftp.open(temporary, "r+b")
-        except Exception as exc:
-            if is_sftp_status(exc, session):
-                log.info("cannot open %s on %s to resume it (%s); uploading it again from "
-                         "the start", temporary, self._settings.address, exc)
-                return None
-            raise self._translate(exc, RemoteOp(f"opening {temporary} to resume it",
-                                                dir_setting)) from exc
-        remote.seek(offset)
-        return remote
-
     def _hash_prefix(self, video: _Video, offset: int, checkpoints: Checkpoints,
                      view: memoryview) -> hashlib._Hash:
         """The hash of the video's first ``offset`` bytes, read locally; leaves it there."""
@@ -308,9 +331,24 @@ class Transfer:
         return hasher
 
     def _write_size(self) -> int:
-        channel = self._session.sftp.get_channel()
+        """The data of one write request: as many whole channel packets as the server's
+        write limit allows, up to about ``_TARGET_WRITE``; one packet without a limit."""
+        session = self._session
+        if session.write_limit is None:
+            with self._op(RemoteOp(f"asking {self._settings.address} for its limits")):
+                session.write_limit = Pipeline(session.sftp).write_limit() or _MAX_WRITE
+            log.debug("%s accepts writes of %d bytes", self._settings.address,
+                      session.write_limit)
+        channel = session.sftp.get_channel()
         packet = channel.out_max_packet_size if channel is not None else _MAX_WRITE
-        return max(1024, min(_MAX_WRITE, packet - _CHANNEL_SPARE - _WRITE_HEADER))
+        payload = packet - _CHANNEL_SPARE
+        limit = session.write_limit
+        packets = max(1, min(limit, _TARGET_WRITE) // payload)
+        piece = min(limit, packets * payload - _WRITE_HEADER)
+        if packets > 1:
+            # Whole pages: the server writes each request at an offset that is a multiple of it.
+            piece -= piece % _PAGE
+        return max(1024, piece)
 
     # --- into place
 
