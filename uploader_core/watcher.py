@@ -7,13 +7,13 @@ as the safety net, and where inotify is unavailable the engine simply relies on 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from .deadline import DeadlineTimer
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,8 @@ class PendingWatcher(FileSystemEventHandler):
                  on_settled: Callable[[], None]) -> None:
         self.directory = directory
         self.settle_seconds = settle_seconds
-        self._on_settled = on_settled
         self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._due: float | None = None
-        self._cond = threading.Condition()
-        self._closed = False
-        self._timer = threading.Thread(target=self._run_timer, name="uploader-watch-timer",
-                                       daemon=True)
+        self._timer = DeadlineTimer(on_settled, "uploader-watch-timer")
 
     def start(self) -> bool:
         """Start watching; False (and a log line) when the platform cannot watch."""
@@ -58,18 +53,13 @@ class PendingWatcher(FileSystemEventHandler):
                         "scan only", self.directory, exc)
             return False
         self._observer = observer
-        self._timer.start()
         return True
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
-        if self._timer.is_alive():
-            self._timer.join(timeout=5)
+        self._timer.close()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         # Only writes count: the engine's own reads (open, close-without-write) must not
@@ -81,25 +71,4 @@ class PendingWatcher(FileSystemEventHandler):
         name = Path(str(path)).name
         if event.is_directory or name.startswith(".") or not name.endswith((".json", ".mp4")):
             return
-        with self._cond:
-            self._due = time.monotonic() + self.settle_seconds + MARGIN
-            self._cond.notify_all()
-
-    def _run_timer(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if self._due is None:
-                    self._cond.wait()
-                    continue
-                left = self._due - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                self._due = None
-                self._cond.release()
-                try:
-                    self._on_settled()
-                except Exception:
-                    log.exception("starting a pass after a file event failed")
-                finally:
-                    self._cond.acquire()
+        self._timer.arm(self.settle_seconds + MARGIN)

@@ -89,7 +89,7 @@ class PostgresPlugin:
                                                            s["statement_timeout_seconds"]):
             return  # a reload that changed nothing here keeps the connection
         if self._db is not None:
-            self._db.close()
+            self._db.dispose()
         self._db = Database(params, statement_timeout=s["statement_timeout_seconds"],
                             table=self.table)
 
@@ -188,4 +188,4 @@ class PostgresPlugin:
     @hookimpl
     def uploader_shutdown(self) -> None:
         if self._db is not None:
-            self._db.close()
+            self._db.dispose()

@@ -15,13 +15,13 @@ import os
 import select
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 
+from uploader_core.deadline import DeadlineTimer
 from uploader_core.errors import (
     ConfigurationError,
     EndpointUnavailable,
@@ -45,7 +45,7 @@ class Database:
         self._lock = threading.Lock()
         self._interrupted = threading.Event()
         self._timed_out = False
-        self._deadline = Deadline(self._on_deadline)
+        self._deadline = DeadlineTimer(self._on_deadline, "uploader-db-deadline")
         self.connects = 0  # how many connections were opened: reuse is a feature
 
     def same_settings(self, params: Mapping[str, Any], table: str,
@@ -76,6 +76,11 @@ class Database:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def dispose(self) -> None:
+        """Close for good: the connection and the deadline's thread."""
+        self.close()
+        self._deadline.close()
 
     def interrupt(self) -> None:
         self._interrupted.set()
@@ -172,47 +177,6 @@ class Database:
             return EndpointUnavailable(f"{what}: lost the database connection: {message}",
                                        endpoint=ENDPOINT)
         return TransientError(f"{what}: {type(exc).__name__}: {message}", endpoint=ENDPOINT)
-
-
-class Deadline:
-    """One watchdog thread per connection: a new thread per statement costs more than the
-    statement does on a fast link."""
-
-    def __init__(self, expire: Callable[[], None]) -> None:
-        self._expire = expire
-        self._due: float | None = None
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, seconds: float) -> None:
-        with self._cond:
-            self._due = time.monotonic() + seconds
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, daemon=True,
-                                                name="uploader-db-deadline")
-                self._thread.start()
-            self._cond.notify()
-
-    def disarm(self) -> None:
-        with self._cond:
-            self._due = None
-
-    def _watch(self) -> None:
-        with self._cond:
-            while True:
-                if self._due is None:
-                    self._cond.wait()
-                    continue
-                left = self._due - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                self._due = None
-                self._cond.release()  # never call out while holding the lock
-                try:
-                    self._expire()
-                finally:
-                    self._cond.acquire()
 
 
 def _stale(conn: psycopg.Connection[Any]) -> bool:
