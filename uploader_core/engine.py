@@ -20,15 +20,13 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from . import filing
+from . import filing, signals
 from .config import disabled_plugins, validate
 from .errors import (
     ConfigurationError,
@@ -145,7 +143,7 @@ class DataUploader:
         SIGTERM and SIGINT request a stop when ``run`` is called from the main thread.
         """
         self.claim_queue()
-        restore = self._install_signal_handlers()
+        restore = signals.install(self.request_stop, self.request_reload)
         watcher = self._start_watcher()
         unsubscribe = self.monitor.subscribe(lambda event: self.systemd.ping())
         log.info("uploader started: watching %s (plugins: %s)", self.pending_dir,
@@ -696,41 +694,3 @@ class DataUploader:
         if self._settling_seen:
             return min(self.scan_interval, self._settle.settle_seconds + 0.05)
         return self.scan_interval
-
-    def _install_signal_handlers(self) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            # Only an async-signal-safe write here; a thread does the rest.
-            with contextlib.suppress(OSError):
-                os.write(write_fd, bytes([signum]))
-
-        def watch() -> None:
-            while True:
-                data = os.read(read_fd, 1)
-                if not data or data == b"\0":
-                    return
-                if data[0] == signal.SIGHUP:
-                    log.info("received SIGHUP; reloading the configuration")
-                    self.request_reload()
-                    continue
-                log.info("received %s; stopping", signal.Signals(data[0]).name)
-                self.request_stop()
-
-        previous = {sig: signal.signal(sig, handler)
-                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        watcher = threading.Thread(target=watch, name="uploader-signals", daemon=True)
-        watcher.start()
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-            os.write(write_fd, b"\0")
-            watcher.join(timeout=1)
-            os.close(read_fd)
-            os.close(write_fd)
-
-        return restore
