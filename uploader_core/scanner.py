@@ -28,7 +28,7 @@ class Candidate:
     json_size: int
     json_is_regular: bool
     video_present: bool
-    video_size: int  # 0 when absent or not a regular file
+    video_size: int  # 0 when absent, not a regular file, or not measured (see scan)
 
     @property
     def json_path(self) -> Path:
@@ -52,34 +52,44 @@ class Candidate:
         return self.json_mtime_ns / 1e9
 
 
-def scan(pending: Path) -> list[Candidate]:
-    """Every trigger in ``pending``, oldest first (by the JSON's mtime, then name)."""
+def scan(pending: Path, measure_videos: int = 10_000) -> list[Candidate]:
+    """Every trigger in ``pending``, oldest first (by the JSON's mtime, then name).
+
+    Only the first ``measure_videos`` videos are measured (what a snapshot lists): the order
+    needs every JSON's mtime, but a video's size matters only once its job comes up, and
+    skipping those calls halves the work of a large backlog.
+    """
     triggers: list[tuple[int, str, int, bool]] = []
-    videos: dict[str, int] = {}  # stem -> size (0 when not a regular file)
+    videos: set[str] = set()
     json_len, video_len = len(JSON_SUFFIX), len(VIDEO_SUFFIX)
     with os.scandir(pending) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 continue
-            is_json = name.endswith(JSON_SUFFIX) and len(name) > json_len
-            if not is_json and not name.endswith(VIDEO_SUFFIX):
+            if name.endswith(VIDEO_SUFFIX):
+                videos.add(name[:-video_len])
+                continue
+            if not name.endswith(JSON_SUFFIX) or len(name) == json_len:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            regular = stat.S_ISREG(st.st_mode)
-            if is_json:
-                triggers.append((st.st_mtime_ns, name[:-json_len], st.st_size, regular))
-            else:
-                videos[name[:-video_len]] = st.st_size if regular else 0
+            triggers.append((st.st_mtime_ns, name[:-json_len], st.st_size,
+                             stat.S_ISREG(st.st_mode)))
     triggers.sort()
     found = []
-    for mtime_ns, stem, size, regular in triggers:
-        video_size = videos.get(stem)
-        found.append(Candidate(pending, stem, mtime_ns, size, regular, video_size is not None,
-                               video_size or 0))
+    for index, (mtime_ns, stem, size, regular) in enumerate(triggers):
+        present = stem in videos
+        video_size = 0
+        if present and index < measure_videos:
+            try:
+                vst = os.lstat(pending / f"{stem}{VIDEO_SUFFIX}")
+                video_size = vst.st_size if stat.S_ISREG(vst.st_mode) else 0
+            except FileNotFoundError:
+                present = False
+        found.append(Candidate(pending, stem, mtime_ns, size, regular, present, video_size))
     return found
 
 
