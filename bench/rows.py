@@ -731,7 +731,7 @@ def row_workers(ctx: Context) -> RowResult:
     details: dict[str, Any] = {"available": True}
     # Row 1 at each worker count, beside one OpenSSH put.
     size = ctx.scale.large_file
-    pg, sftp = _fresh(ctx, "w-large")
+    pg, sftp = _fresh(ctx, "w_large")
     src = ctx.scratch / ctx.bench.unique("w-large-src")
     src.mkdir()
     video = src / "source.mp4"

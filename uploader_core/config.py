@@ -124,6 +124,8 @@ CORE_SECTION: Section = {
                                     minimum=0),
     "max_metadata_bytes": Field(int, 4 * 1024 * 1024, "largest JSON document accepted",
                                 minimum=2),
+    "workers": Field(int, 1, "jobs uploaded in parallel, each with its own connections",
+                     minimum=1, maximum=16),
     "log_level": Field(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     "watch_pending_dir": Field(bool, True, "start a pass as soon as a new package settles "
                                "(inotify); the periodic scan stays as the safety net"),

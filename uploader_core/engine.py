@@ -20,9 +20,11 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +80,14 @@ class DataUploader:
         reload_config: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._reload_config = reload_config
+        plugins_given = list(plugins)
         self._host = PluginHost()
+        # Each worker thread uses its own lane: a plugin host with its own plugin instances,
+        # so its connections are its own. The first lane is self._host.
+        self._lanes: list[PluginHost] = [self._host]
+        self._local = threading.local()
         disabled = set(disabled_plugins(config))
-        for name, plugin in plugins:
+        for name, plugin in plugins_given:
             if name not in disabled:
                 self._host.register(plugin, name)
         if load_entry_points:
@@ -106,7 +113,6 @@ class DataUploader:
         self.systemd = Notifier()
         self._paused = threading.Event()
         self._blocked_by: UploaderError | None = None
-        self._transfer_progressed = False
         self._settling_seen = False
         self.monitor = Monitor()
         self._lock = QueueLock(self.pending_dir)
@@ -118,6 +124,15 @@ class DataUploader:
                 raise ConfigurationError(f"cannot create directory {path}: {exc.strerror}",
                                          setting=f"uploader.{key}") from exc
         self._host.configure(s)
+        for _ in range(int(s["workers"]) - 1):
+            lane = PluginHost()
+            for name, plugin in plugins_given:
+                if name not in disabled:
+                    lane.register(plugin, name)
+            if load_entry_points:
+                lane.load_entry_points(disabled)
+            lane.configure(s)
+            self._lanes.append(lane)
         self.retention = Retention(s["retention"], self.uploaded_dir,
                                    confirm=self._host.confirm_completed,
                                    pending_dir=self.pending_dir, should_stop=self._stop.is_set)
@@ -233,7 +248,8 @@ class DataUploader:
                 if new[key] != self.settings[key]:
                     log.warning("uploader.%s changed; it takes effect after a restart", key)
                     new[key] = self.settings[key]
-            self._host.configure(new)
+            for lane in self._lanes:
+                lane.configure(new)
         except ConfigurationError as exc:
             log.error("configuration not reloaded, the old one stays in force: %s", exc)
             self.systemd.reloaded("reload failed; running with the old configuration")
@@ -271,20 +287,10 @@ class DataUploader:
             return results
         self._settle.prune()
         self.monitor.pass_started(candidates)
-        for candidate in candidates:
-            if self._stop.is_set() or self._paused.is_set():
-                break
-            if self._reload.is_set():
-                # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog.
-                self._reload.clear()
-                self.reload()
-            try:
-                result = self._process_candidate(candidate)
-            except _PassStopped as stopped:
-                results.append(stopped.args[0])
-                break
-            if result is not None:
-                results.append(result)
+        if len(self._lanes) == 1:
+            self._run_sequentially(candidates, results)
+        else:
+            self._run_in_parallel(candidates, results)
         counts = {o.value: 0 for o in Outcome}
         for r in results:
             counts[r.outcome.value] += 1
@@ -296,6 +302,73 @@ class DataUploader:
                     del self._reported[key]
             self._endpoint_retries.forget("endpoints")
         return results
+
+    def _keep_going(self) -> bool:
+        if self._stop.is_set() or self._paused.is_set():
+            return False
+        if self._reload.is_set():
+            # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog.
+            self._reload.clear()
+            self.reload()
+        return True
+
+    def _run_sequentially(self, candidates: list[Candidate], results: list[JobResult]) -> None:
+        for candidate in candidates:
+            if not self._keep_going():
+                break
+            try:
+                result = self._process_candidate(candidate)
+            except _PassStopped as stopped:
+                results.append(stopped.args[0])
+                break
+            if result is not None:
+                results.append(result)
+
+    def _run_in_parallel(self, candidates: list[Candidate], results: list[JobResult]) -> None:
+        """Jobs in order of age, as many at a time as there are lanes.
+
+        A job's phases still run in order on one thread with one lane; only different jobs
+        overlap. When one job finds an endpoint down, no new job starts in this pass.
+        """
+        free: queue.SimpleQueue[PluginHost] = queue.SimpleQueue()
+        for lane in self._lanes:
+            free.put(lane)
+        stopped = threading.Event()
+        lock = threading.Lock()
+
+        def work(candidate: Candidate, lane: PluginHost) -> None:
+            self._local.lane = lane
+            try:
+                result = self._process_candidate(candidate)
+            except _PassStopped as stop:
+                stopped.set()
+                result = stop.args[0]
+            except Exception:
+                # Run sequentially this would end the pass with a traceback; here it would
+                # vanish into the pool, so say it.
+                log.exception("%s: unexpected error; it stays pending", candidate.stem)
+                result = None
+            finally:
+                self._local.lane = None
+                free.put(lane)
+            if result is not None:
+                with lock:
+                    results.append(result)
+
+        with ThreadPoolExecutor(max_workers=len(self._lanes),
+                                thread_name_prefix="uploader-worker") as pool:
+            for candidate in candidates:
+                lane = free.get()
+                if stopped.is_set() or not self._keep_going():
+                    free.put(lane)
+                    break
+                pool.submit(work, candidate, lane)
+
+    @property
+    def _lane(self) -> PluginHost:
+        """The plugin host of the job on this thread."""
+        lane = getattr(self._local, "lane", None)
+        return self._host if lane is None else lane
 
     def claim_queue(self) -> None:
         """Take the pending directory for this engine alone (``run`` and ``run_once`` do).
@@ -311,7 +384,8 @@ class DataUploader:
         self._stop.set()
         self._wake.set()
         self.monitor.set_state(EngineState.STOPPING)
-        self._host.interrupt()
+        for lane in self._lanes:
+            lane.interrupt()
 
     # --- commands, thread-safe: the control socket calls these
 
@@ -377,7 +451,8 @@ class DataUploader:
         return moved
 
     def close(self) -> None:
-        self._host.shutdown()
+        for lane in self._lanes:
+            lane.shutdown()
         self._lock.release()
 
     def init_storage(self) -> None:
@@ -440,11 +515,11 @@ class DataUploader:
         enter = self.monitor.phase
         try:
             enter(job.event_id, phase.value)
-            self._host.pre_upload(job)
+            self._lane.pre_upload(job)
             self._check_stop()
             phase = Phase.STORE_METADATA
             enter(job.event_id, phase.value)
-            states = self._host.store_metadata(job)
+            states = self._lane.store_metadata(job)
             if states and all(s is RecordState.COMPLETED for s in states):
                 log.info("%s was already completed; archiving it", job.event_id)
             else:
@@ -455,7 +530,7 @@ class DataUploader:
                 self._check_stop()
                 phase = Phase.MARK_COMPLETED
                 enter(job.event_id, phase.value)
-                self._host.mark_completed(job, receipts)
+                self._lane.mark_completed(job, receipts)
         except Exception as exc:
             return self._failed(job.event_id, phase, exc,
                                 [job.video_path, job.json_path])
@@ -463,16 +538,16 @@ class DataUploader:
         return self._archive(job, time.monotonic() - started)
 
     def _transfer(self, job: Job) -> list[TransferReceipt]:
-        self._transfer_progressed = False
+        self._local.progressed = False
 
         def progress(done: int, total: int) -> None:
             if self._stop.is_set():
                 raise Interrupted(f"transfer of {job.event_id} abandoned: the uploader is stopping")
-            self._transfer_progressed = True
+            self._local.progressed = True
             self.monitor.progress(job.event_id, done, total)
 
         self.monitor.transfer_started(job.event_id, job.video_size + job.json_size)
-        receipts = self._host.transfer_files(job, progress)
+        receipts = self._lane.transfer_files(job, progress)
         if not receipts:
             raise ConfigurationError("no plugin returned a transfer receipt for "
                                      f"{job.event_id}; is a transfer plugin enabled?")
@@ -506,7 +581,7 @@ class DataUploader:
         log.info("%s uploaded and archived", job.event_id)
         self._endpoints_up()
         self.monitor.completed(job.event_id, job.video_size + job.json_size, duration)
-        self._host.post_archive(job)
+        self._lane.post_archive(job)
         return JobResult(event_id=job.event_id, outcome=Outcome.COMPLETED)
 
     def _write_archived_document(self, job: Job) -> None:
@@ -564,7 +639,7 @@ class DataUploader:
         try:
             job = read_package(c.json_path, archived_video,
                                max_metadata_bytes=self.max_metadata_bytes)
-            states = self._host.store_metadata(job)
+            states = self._lane.store_metadata(job)
         except FileNotFoundError:
             return JobResult(event_id=c.stem, outcome=Outcome.WAITING, reason="vanished")
         except Exception as exc:
@@ -598,7 +673,7 @@ class DataUploader:
                                          reason=str(exc)))
         if isinstance(exc, (EndpointUnavailable, ConfigurationError)):
             self._blocked_by = exc
-            if phase is Phase.TRANSFER and self._transfer_progressed:
+            if phase is Phase.TRANSFER and getattr(self._local, "progressed", False):
                 # A link that breaks every few megabytes still makes progress (uploads
                 # resume): retry soon rather than backing off further each time.
                 self._endpoint_retries.forget("endpoints")
@@ -638,7 +713,7 @@ class DataUploader:
             return JobResult(event_id=stem, outcome=Outcome.RETRY, phase=phase, reason=reason)
         log.error("%s quarantined in %s: %s", stem, self.failed_dir, reason)
         self.monitor.quarantined(stem, phase.value, reason)
-        self._host.post_quarantine(stem, reason)
+        self._lane.post_quarantine(stem, reason)
         self._job_retries.succeeded(stem)
         self._forget_reports(stem)
         return JobResult(event_id=stem, outcome=Outcome.QUARANTINED, phase=phase, reason=reason)

@@ -216,3 +216,21 @@ def test_reload_keeps_the_database_connection_unless_its_settings_change(site: S
         write_package(site.pending, "evt_2")
         [result] = engine.run_once()
         assert result.outcome is Outcome.COMPLETED
+
+
+def test_parallel_workers_upload_exactly_once_each_with_its_own_connections(
+    make_site: Callable[..., Site],
+) -> None:
+    site = make_site(workers=3)
+    for i in range(30):
+        write_package(site.pending, f"evt_{i:02d}", video=200_000 + i, age_seconds=100 - i)
+    originals = snapshot(site.pending)
+    with site.engine() as engine:
+        results = engine.run_once()
+        lanes: Any = engine._lanes
+        connects = [lane.get("postgres").db.connects for lane in lanes]
+        handshakes = [lane.get("sftp").connections_made for lane in lanes]
+    assert all(r.outcome is Outcome.COMPLETED for r in results) and len(results) == 30
+    site.assert_completed_exactly_once(originals)
+    assert sum(connects) >= 2 and all(c <= 1 for c in connects), connects
+    assert all(h <= 1 for h in handshakes), handshakes

@@ -318,3 +318,50 @@ def test_an_outage_is_logged_once_while_its_backoff_grows(
             rig.engine.run_once()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]
+
+
+def test_parallel_workers_complete_every_job_exactly_once(
+    make_rig: Callable[..., Rig],
+) -> None:
+    import threading
+
+    rig = make_rig(workers=3)
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+    both = threading.Barrier(2, timeout=10)
+
+    def during(job: Job) -> None:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        if job.event_id in ("evt_00", "evt_01"):
+            both.wait()  # the two oldest are uploaded at the same time, or this times out
+        with lock:
+            in_flight -= 1
+
+    rig.remote.during_transfer = during
+    for i in range(12):
+        write_package(rig.pending, f"evt_{i:02d}", age_seconds=100 - i)
+    originals = all_bytes(rig.pending)
+    results = rig.engine.run_once()
+    assert sorted(r.event_id for r in results) == [f"evt_{i:02d}" for i in range(12)]
+    assert all(r.outcome is Outcome.COMPLETED for r in results)
+    assert peak >= 2
+    assert all(record.status == "completed" for record in rig.store.records.values())
+    assert all_bytes(rig.uploaded) == originals
+    assert visible(rig.pending) == []
+
+
+def test_an_endpoint_outage_starts_no_new_job_in_a_parallel_pass(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(workers=2)
+    rig.remote.faults.fail_next(EndpointUnavailable("sftp down", endpoint="sftp"),
+                                EndpointUnavailable("sftp down", endpoint="sftp"))
+    for i in range(10):
+        write_package(rig.pending, f"evt_{i}", age_seconds=100 - i)
+    results = rig.engine.run_once()
+    assert len(results) <= 3, [r.event_id for r in results]
+    assert all(r.outcome is Outcome.RETRY for r in results)
+    assert len(rig.engine.run_once()) == 10
