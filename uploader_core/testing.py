@@ -20,6 +20,7 @@ from typing import Any
 from .config import Field, Section
 from .errors import PermanentJobError
 from .job import Job, ProgressCallback, RecordState, TransferReceipt
+from .package import read_package
 from .plugin import hookimpl
 
 
@@ -193,3 +194,10 @@ def write_package(
         for path in (video_path, json_path):
             os.utime(path, (stamp, stamp))
     return video_path, json_path
+
+
+def make_job(directory: Path, event_id: str, *, video: bytes | int = 1024,
+             document: dict[str, Any] | bytes | None = None) -> Job:
+    """Write a package with :func:`write_package` and read it back as the engine would."""
+    video_path, json_path = write_package(directory, event_id, video=video, document=document)
+    return read_package(json_path, video_path, max_metadata_bytes=64 * 1024 * 1024)

@@ -9,9 +9,6 @@ server counts them. A reload calls the plugin's ``uploader_configure`` again, in
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import random
 import shutil
 import threading
 import time
@@ -23,6 +20,7 @@ import pytest
 from servers import SftpDirs
 
 from uploader_chaos.proxy import FaultProxy
+from uploader_core import testing
 from uploader_core.config import validate
 from uploader_core.errors import ConfigurationError, Interrupted
 from uploader_core.job import Job
@@ -35,15 +33,7 @@ TOLERANCE = 0.10
 
 
 def make_job(directory: Path, event_id: str, size: int) -> Job:
-    directory.mkdir(parents=True, exist_ok=True)
-    video_path, json_path = directory / f"{event_id}.mp4", directory / f"{event_id}.json"
-    video_path.write_bytes(random.Random(event_id).randbytes(size))
-    document = json.dumps({"eventId": event_id}).encode()
-    json_path.write_bytes(document)
-    st = os.stat(video_path)
-    return Job(event_id=event_id, json_path=json_path, video_path=video_path, document=document,
-               metadata=json.loads(document), json_sha256=hashlib.sha256(document).hexdigest(),
-               video_size=st.st_size, video_mtime_ns=st.st_mtime_ns)
+    return testing.make_job(directory, event_id, video=size, document={"eventId": event_id})
 
 
 def no_progress(done: int, total: int) -> None:

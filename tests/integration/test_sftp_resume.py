@@ -8,7 +8,6 @@ not match is written again from the start. The receipt's sha256 always covers th
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -22,7 +21,7 @@ from servers import SftpDirs
 from sites import Site
 
 from uploader_chaos.proxy import FaultProxy
-from uploader_core import Outcome, Phase
+from uploader_core import Outcome, Phase, testing
 from uploader_core.config import validate
 from uploader_core.errors import TransientError
 from uploader_core.job import Job
@@ -78,15 +77,7 @@ def behind_proxy(config_section: dict[str, Any], proxy: FaultProxy, known_hosts:
 
 
 def make_job(directory: Path, event_id: str, video: bytes) -> Job:
-    directory.mkdir(parents=True, exist_ok=True)
-    video_path, json_path = directory / f"{event_id}.mp4", directory / f"{event_id}.json"
-    video_path.write_bytes(video)
-    document = json.dumps({"eventId": event_id}).encode()
-    json_path.write_bytes(document)
-    st = os.stat(video_path)
-    return Job(event_id=event_id, json_path=json_path, video_path=video_path, document=document,
-               metadata=json.loads(document), json_sha256=hashlib.sha256(document).hexdigest(),
-               video_size=st.st_size, video_mtime_ns=st.st_mtime_ns)
+    return testing.make_job(directory, event_id, video=video, document={"eventId": event_id})
 
 
 def no_progress(done: int, total: int) -> None:
