@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from servers import PostgresServer, SftpServer
+from servers import PostgresServer, SftpServer, system
 
 from uploader_chaos import FaultProxy
 
@@ -159,23 +159,13 @@ def sweep_stale_mounts() -> list[str]:
         return swept
     for source, target, *_ in entries:
         match = _STALE_MOUNT.fullmatch(source)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or system.alive(int(match.group(1))):
             continue
         target = target.replace("\\040", " ")
         result = subprocess.run(["umount", "-l", target], capture_output=True, check=False)
         if result.returncode == 0:
             swept.append(target)
     return swept
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RemoteDisk:

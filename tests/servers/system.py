@@ -330,7 +330,8 @@ def record_pid(workspace: Path, name: str, pid: int | None) -> None:
         pid_file.write_text(str(pid))
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -356,7 +357,7 @@ def _stale_workspaces() -> Iterator[Path]:
                 owner = int((path / _OWNER_FILE).read_text())
             except (OSError, ValueError):
                 continue
-            if not _alive(owner):
+            if not alive(owner):
                 yield path
 
 
