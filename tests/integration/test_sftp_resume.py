@@ -272,7 +272,8 @@ def test_a_quarantined_event_leaves_no_temporary_file_on_the_server(
         proxy.cut_after_bytes(3_000_000, "upstream")
         [first] = engine.run_once()
         assert (first.outcome, first.phase) == (Outcome.RETRY, Phase.TRANSFER)
-        assert site.remote_leftovers() == [".evt_doomed.mp4.part"]
+        # The JSON's temporary file is opened together with the video's, so both are there.
+        assert site.remote_leftovers() == [".evt_doomed.json.part", ".evt_doomed.mp4.part"]
         # The analyzer rewrites the document badly: the event is quarantined before any upload.
         (site.pending / "evt_doomed.json").write_text("{not json")
         stamp = time.time() - 60

@@ -9,13 +9,16 @@ Why it is written this way:
   it get a plain SFTP rename, and servers that refuse to rename onto an existing file (the
   final file can exist from an attempt that crashed after its rename) get remove + rename:
   between the two the final name is briefly absent, never partial.
-- Speed: every request of an upload is pipelined (:mod:`.pipeline`). A video's stat (is
-  there a partial file to continue?) goes out with its open, which does not truncate; the
-  size query and the close go out behind the last write. A file then costs three round trips
-  (open, finish, rename) whatever its size. Writes are as large as the server's
-  ``limits@openssh.com`` allows, up to about 128 KiB in whole channel packets and whole
-  pages; a server that gives no limit gets requests that fit one 32 KiB channel packet
-  (paramiko's own 32 KiB requests overflow it by the request header, doubling the packets).
+- Speed: every request of an upload is pipelined (:mod:`.pipeline`). The video's stat (is
+  there a partial file to continue?) goes out with its open, which does not truncate, and
+  with the JSON's open; each file's size query and close go out behind its last write, and
+  the JSON is written right behind the video. A job then costs four round trips (the opens,
+  the finishes, and one rename per file) whatever its size. The renames are not pipelined:
+  the JSON, which consumers take as the trigger, is renamed only once the video is in place.
+  Writes are as large as the server's ``limits@openssh.com`` allows, up to about 128 KiB in
+  whole channel packets and whole pages; a server that gives no limit gets requests that fit
+  one 32 KiB channel packet (paramiko's own 32 KiB requests overflow it by the request
+  header, doubling the packets).
 - Correctness of pipelining: the answer to every write is read and checked, those in as the
   upload goes (a full disk stops it early), the rest before the size and the close are
   looked at. The size the server reports for the open file is compared with what was sent,
@@ -41,6 +44,7 @@ import os
 import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 from uploader_core.errors import EndpointUnavailable, TransientError
@@ -82,6 +86,21 @@ def temporary_name(name: str) -> str:
     return f".{name}.part"
 
 
+@dataclass(frozen=True)
+class _Destination:
+    """One file of a job on the server: its directory, temporary name and final name."""
+
+    name: str
+    directory: str
+    dir_setting: str
+    temporary: str
+    final: str
+
+    def op(self, doing: str) -> RemoteOp:
+        """An operation on the temporary file, for error messages: ``op("closing")``."""
+        return RemoteOp(f"{doing} {self.temporary}", self.dir_setting)
+
+
 class Transfer:
     """Uploads the two files of one job over one session."""
 
@@ -98,120 +117,128 @@ class Transfer:
         self._done = 0
 
     def run(self, job: Job) -> TransferReceipt:
+        piece = self._write_size()
+        buffer = bytearray(piece * max(1, _READ_SIZE // piece))
+        pipeline = Pipeline(self._session.sftp)
+        video_file = self._destination(f"{job.event_id}.mp4", "remote_video_dir")
+        json_file = self._destination(f"{job.event_id}.json", "remote_json_dir")
         with job.open_video() as opened:
             video = cast(_Video, opened)
             st = os.fstat(video.fileno())
             key: FileKey = (str(job.video_path), st.st_dev, st.st_ino, st.st_size,
                             st.st_mtime_ns)
-            video_path, video_hash = self._send(video, job.video_size, f"{job.event_id}.mp4",
-                                                "remote_video_dir", resume=key)
+            # One round trip opens both files: the size of what an earlier attempt left of
+            # the video (it may be continued, so its open does not truncate), and the JSON's
+            # temporary file, written whole.
+            with self._op(video_file.op("looking at")):
+                stat_request = pipeline.stat(video_file.temporary)
+                video_open = pipeline.open_for_writing(video_file.temporary, truncate=False)
+                json_open = pipeline.open_for_writing(json_file.temporary, truncate=True)
+            unanswered = [video_open, json_open]
+            remotes: list[RemoteFile] = []
+            try:
+                partial = self._partial_size(pipeline, stat_request, video_file)
+                video_remote = self._handle(pipeline, unanswered, video_file)
+                remotes.append(video_remote)
+                json_remote = self._handle(pipeline, unanswered, json_file)
+                remotes.append(json_remote)
+                hasher = self._send_video(video, job.video_size, key, partial, video_file,
+                                          video_remote, piece, buffer)
+                # The JSON goes out right behind the video, and both files' size queries and
+                # closes are answered in one round trip.
+                video_finish = video_remote.finish()
+                self._stream(io.BytesIO(job.document), job.json_size, 0, json_remote, json_file,
+                             None, None, piece, buffer)
+                json_finish = json_remote.finish()
+                self._check_complete(pipeline, video_remote, video_finish, video_file,
+                                     job.video_size)
+                self._check_complete(pipeline, json_remote, json_finish, json_file,
+                                     job.json_size)
+            except BaseException:
+                # Leave the partial files: they are under their temporary names, harmless,
+                # and the next attempt resumes the video. Close them only while the
+                # connection is healthy (an interrupted job, a local read error); a broken
+                # connection is dropped instead of waited on.
+                if self._session.alive() and not self._interrupter.requested:
+                    for request in unanswered:
+                        self._abandon_open(pipeline, request)
+                    for remote in remotes:
+                        with suppress(Exception):
+                            remote.close()
+                raise
         self._hashes.forget(key)
-        json_path, _ = self._send(io.BytesIO(job.document), job.json_size,
-                                  f"{job.event_id}.json", "remote_json_dir", resume=None)
-        assert video_hash is not None
-        return TransferReceipt(destination=DESTINATION, remote_video_path=video_path,
-                               remote_json_path=json_path,
-                               video_sha256=video_hash.hexdigest())
+        # The video is in place before its JSON, which consumers take as the trigger.
+        self._rename(video_file)
+        self._rename(json_file)
+        log.debug("uploaded %s and %s (%d and %d bytes)", video_file.final, json_file.final,
+                  job.video_size, job.json_size)
+        return TransferReceipt(destination=DESTINATION, remote_video_path=video_file.final,
+                               remote_json_path=json_file.final,
+                               video_sha256=hasher.hexdigest())
 
     # --- one file
 
-    def _send(self, source: _Readable, size: int, name: str, dir_key: str,
-              resume: FileKey | None) -> tuple[str, hashlib._Hash | None]:
-        """Upload ``source`` as ``name``; return its final path and, when resumable, its hash.
-
-        ``resume`` identifies a local file (then ``source`` is a :class:`_Video`) whose
-        temporary remote file may be continued; None writes the file whole, unhashed.
-        """
+    def _destination(self, name: str, dir_key: str) -> _Destination:
         directory = getattr(self._settings, dir_key)
-        dir_setting = setting(dir_key)
-        temporary = posixpath.join(directory, temporary_name(name))
-        final = posixpath.join(directory, name)
-        where = self._settings.address
+        return _Destination(name=name, directory=directory, dir_setting=setting(dir_key),
+                            temporary=posixpath.join(directory, temporary_name(name)),
+                            final=posixpath.join(directory, name))
 
-        piece = self._write_size()
-        buffer = bytearray(piece * max(1, _READ_SIZE // piece))
-        pipeline = Pipeline(self._session.sftp)
-        create_op = RemoteOp(f"creating {temporary}", dir_setting,
-                             missing=f"remote directory {directory} does not exist on {where}")
-        checkpoints: Checkpoints | None = None
-        offset = 0
-        if resume is None:
-            with self._op(create_op):
-                remote = RemoteFile(pipeline,
-                                    pipeline.handle(pipeline.open_for_writing(temporary,
-                                                                              truncate=True)))
-        else:
-            checkpoints = self._hashes.recorder(resume, size)
-            # One round trip: the size of what an earlier attempt left, and a handle to write
-            # that file without truncating it (it may be continued).
-            with self._op(RemoteOp(f"looking at {temporary}", dir_setting)):
-                stat_request = pipeline.stat(temporary)
-                open_request = pipeline.open_for_writing(temporary, truncate=False)
-            try:
-                partial = self._partial_size(pipeline, stat_request, temporary, dir_setting)
-            except BaseException:
-                self._abandon_open(pipeline, open_request)
-                raise
-            with self._op(create_op):
-                remote = RemoteFile(pipeline, pipeline.handle(open_request))
-        hasher: hashlib._Hash | None = None
-        try:
-            if resume is not None:
-                offset = self._resume_point(cast(_Video, source), size, temporary, dir_setting,
-                                            partial)
-                if partial > size:
-                    with self._op(RemoteOp(f"emptying {temporary}", dir_setting)):
-                        remote.truncate()
-            if checkpoints is not None:
-                hasher = (self._hash_prefix(cast(_Video, source), offset, checkpoints,
-                                            memoryview(buffer))
-                          if offset else hashlib.sha256())
-            if offset:
-                self._done += offset
-                self._progress(self._done, self._total)
-            self._stream(source, size, offset, name, remote, temporary, dir_setting, hasher,
-                         checkpoints, piece, buffer)
-            size_op = RemoteOp(f"checking the size of {temporary}", dir_setting)
-            with self._op(size_op):
-                size_request, close_request = remote.finish()
-            with self._op(self._write_op(temporary, dir_setting)):
-                remote.check_writes()
-            with self._op(size_op):
-                remote_size = pipeline.attributes(size_request).st_size
-            with self._op(RemoteOp(f"closing {temporary}", dir_setting)):
-                pipeline.status(close_request)
-        except BaseException:
-            # Leave the partial file: it is under its temporary name, harmless, and the next
-            # attempt resumes it. Close it only while the connection is healthy (an
-            # interrupted job, a local read error); a broken connection is dropped instead of
-            # waited on.
-            if self._session.alive() and not self._interrupter.requested:
-                with suppress(Exception):
-                    remote.close()
-            raise
+    def _handle(self, pipeline: Pipeline, unanswered: list[int],
+                file: _Destination) -> RemoteFile:
+        """The open file the first request of ``unanswered`` gives (that answer is taken)."""
+        request = unanswered.pop(0)
+        with self._op(RemoteOp(f"creating {file.temporary}", file.dir_setting,
+                               missing=f"remote directory {file.directory} does not exist "
+                                       f"on {self._settings.address}")):
+            return RemoteFile(pipeline, pipeline.handle(request))
 
+    def _send_video(self, video: _Video, size: int, key: FileKey, partial: int,
+                    file: _Destination, remote: RemoteFile, piece: int,
+                    buffer: bytearray) -> hashlib._Hash:
+        """Stream the video from where the server's temporary file can be continued, if it
+        can; its hash."""
+        checkpoints = self._hashes.recorder(key, size)
+        offset = self._resume_point(video, size, file, partial)
+        if partial > size:
+            with self._op(file.op("emptying")):
+                remote.truncate()
+        hasher = (self._hash_prefix(video, offset, checkpoints, memoryview(buffer))
+                  if offset else hashlib.sha256())
+        if offset:
+            self._done += offset
+            self._progress(self._done, self._total)
+        self._stream(video, size, offset, remote, file, hasher, checkpoints, piece, buffer)
+        if offset:
+            log.debug("%s: %d of its %d bytes were resumed", file.final, offset, size)
+        return hasher
+
+    def _check_complete(self, pipeline: Pipeline, remote: RemoteFile, requests: tuple[int, int],
+                        file: _Destination, size: int) -> None:
+        """Wait for the answers to a file's writes, size query and close; raise unless every
+        write succeeded and the server has exactly ``size`` bytes."""
+        size_request, close_request = requests
+        with self._op(self._write_op(file)):
+            remote.check_writes()
+        with self._op(file.op("checking the size of")):
+            remote_size = pipeline.attributes(size_request).st_size
+        with self._op(file.op("closing")):
+            pipeline.status(close_request)
         if remote_size != size:
             raise TransientError(
-                f"{temporary} has {remote_size} bytes on the server after {size} were sent; "
-                "it will be uploaded again",
+                f"{file.temporary} has {remote_size} bytes on the server after {size} were "
+                "sent; it will be uploaded again",
                 endpoint=DESTINATION,
             )
-        self._rename(temporary, final, dir_setting)
-        if offset:
-            log.debug("uploaded %s (%d bytes, %d of them resumed)", final, size, offset)
-        else:
-            log.debug("uploaded %s (%d bytes)", final, size)
-        return final, hasher
 
     @staticmethod
-    def _write_op(temporary: str, dir_setting: str) -> RemoteOp:
-        return RemoteOp(f"writing {temporary}", dir_setting, failure=EndpointUnavailable,
-                        hint=" (is the server's disk full?)")
+    def _write_op(file: _Destination) -> RemoteOp:
+        return RemoteOp(f"writing {file.temporary}", file.dir_setting,
+                        failure=EndpointUnavailable, hint=" (is the server's disk full?)")
 
-    def _stream(self, source: _Readable, size: int, sent: int, name: str,
-                remote: RemoteFile, temporary: str, dir_setting: str,
-                hasher: hashlib._Hash | None, checkpoints: Checkpoints | None, piece: int,
-                buffer: bytearray) -> None:
+    def _stream(self, source: _Readable, size: int, sent: int, remote: RemoteFile,
+                file: _Destination, hasher: hashlib._Hash | None,
+                checkpoints: Checkpoints | None, piece: int, buffer: bytearray) -> None:
         """Send ``source`` from byte ``sent`` (where it is positioned) to ``size``.
 
         Every write is pipelined; the answers that have come in are checked as it goes, the
@@ -219,7 +246,8 @@ class Transfer:
         """
         view = memoryview(buffer)
         limiter = self._limiter
-        write_op = self._write_op(temporary, dir_setting)
+        name = file.name
+        write_op = self._write_op(file)
         while sent < size:
             want = min(len(buffer), size - sent)
             rate = limiter.rate
@@ -256,16 +284,14 @@ class Transfer:
 
     # --- resuming
 
-    def _partial_size(self, pipeline: Pipeline, request: int, temporary: str,
-                      dir_setting: str) -> int:
+    def _partial_size(self, pipeline: Pipeline, request: int, file: _Destination) -> int:
         """The answer to a stat of the temporary file: its size, 0 if there is none."""
         try:
             return pipeline.attributes(request).st_size or 0
         except FileNotFoundError:
             return 0
         except Exception as exc:
-            raise self._translate(exc, RemoteOp(f"looking at {temporary}", dir_setting)) \
-                from exc
+            raise self._translate(exc, file.op("looking at")) from exc
 
     def _abandon_open(self, pipeline: Pipeline, request: int) -> None:
         """Close what an open sent without waiting gave, if it gave a handle; never raises."""
@@ -274,8 +300,7 @@ class Transfer:
         with suppress(Exception):
             RemoteFile(pipeline, pipeline.handle(request)).close()
 
-    def _resume_point(self, video: _Video, size: int, temporary: str, dir_setting: str,
-                      partial: int) -> int:
+    def _resume_point(self, video: _Video, size: int, file: _Destination, partial: int) -> int:
         """How many bytes of the video the server's temporary file (``partial`` bytes) already
         holds, or 0.
 
@@ -283,6 +308,7 @@ class Transfer:
         read back, or when a sampled block differs from the local video.
         """
         session = self._session
+        temporary = file.temporary
         if partial <= 0:
             return 0
         if partial > size:
@@ -299,8 +325,7 @@ class Transfer:
                 log.info("cannot read back %s on %s (%s); uploading it again from the start",
                          temporary, self._settings.address, exc)
                 return 0
-            raise self._translate(exc, RemoteOp(f"reading back {temporary}", dir_setting)) \
-                from exc
+            raise self._translate(exc, file.op("reading back")) from exc
         fd = video.fileno()
         for (at, length), remote_data in zip(blocks, remote_blocks, strict=True):
             try:
@@ -352,8 +377,9 @@ class Transfer:
 
     # --- into place
 
-    def _rename(self, temporary: str, final: str, dir_setting: str) -> None:
+    def _rename(self, file: _Destination) -> None:
         session = self._session
+        temporary, final, dir_setting = file.temporary, file.final, file.dir_setting
         sftp = session.sftp
         op = RemoteOp(f"renaming {temporary} to {final}", dir_setting)
         if session.posix_rename is not False:
