@@ -43,6 +43,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -106,7 +107,7 @@ class Transfer:
 
     def __init__(self, session: Session, settings: SftpSettings, interrupter: Interrupter,
                  progress: ProgressCallback, total: int, *, limiter: RateLimiter,
-                 hashes: PrefixHashes) -> None:
+                 hashes: PrefixHashes, hashing: Executor | None = None) -> None:
         self._session = session
         self._settings = settings
         self._interrupter = interrupter
@@ -114,6 +115,7 @@ class Transfer:
         self._total = total
         self._limiter = limiter
         self._hashes = hashes
+        self._hashing = hashing
         self._done = 0
 
     def run(self, job: Job) -> TransferReceipt:
@@ -256,15 +258,25 @@ class Transfer:
                 want = min(want, max(piece, int(rate) // piece * piece))
             got = self._read(source, view[:want], name, sent, size)
             data = view[:got]
+            # The hash is computed while the same bytes are sent (hashlib lets go of the GIL),
+            # and is finished before the buffer is read into again.
+            hashed: Future[None] | None = None
             if hasher is not None:
-                hasher.update(data)
-            with self._op(write_op):
-                for start in range(0, got, piece):
-                    end = min(start + piece, got)
-                    if limiter.rate:
-                        limiter.pace(end - start)
-                        self._interrupter.check(f"uploading {name}")
-                    remote.write(sent + start, data[start:end])
+                if self._hashing is not None:
+                    hashed = self._hashing.submit(hasher.update, data)
+                else:
+                    hasher.update(data)
+            try:
+                with self._op(write_op):
+                    for start in range(0, got, piece):
+                        end = min(start + piece, got)
+                        if limiter.rate:
+                            limiter.pace(end - start)
+                            self._interrupter.check(f"uploading {name}")
+                        remote.write(sent + start, data[start:end])
+            finally:
+                if hashed is not None:
+                    hashed.result()
             sent += got
             if checkpoints is not None and hasher is not None:
                 checkpoints.record(sent, hasher)
