@@ -37,7 +37,7 @@ from uploader_core.errors import (
     TransientError,
 )
 from uploader_core.job import Job, TransferReceipt
-from uploader_plugins.sftp import SftpPlugin
+from uploader_plugins.sftp import SftpPlugin, fastsend
 
 pytestmark = pytest.mark.integration
 
@@ -754,6 +754,117 @@ def test_an_unsupported_cipher_is_a_configuration_error(
     assert "aes128-ctr" in caught.value.message  # says what would work
 
 
+# --- channel data without paramiko's copies (fastsend) -----------------------------------------
+
+
+def lean_stats(transport: paramiko.Transport) -> fastsend.LeanStats:
+    stats = fastsend.stats(transport)
+    return stats if stats is not None else fastsend.LeanStats()
+
+
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])
+def test_aes_gcm_uploads_build_their_packets_on_the_lean_path(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, handshakes: list[paramiko.Transport],
+        tmp_path: Path, cipher: str) -> None:
+    plugin = make_plugin(sftp_endpoint.config_section(), ciphers=[cipher])
+    job = write_job(tmp_path, "evt_lean", 6 * MiB + 12_345)
+
+    # sshd checks every packet's tag: a wrong length, nonce or sequence ends the connection.
+    assert_uploaded(sftp_endpoint.endpoint, transfer(plugin, job), job)
+
+    [transport] = handshakes
+    assert transport.local_cipher == cipher
+    stats = lean_stats(transport)
+    assert stats.data_bytes >= job.video_size  # every write request, headers included
+    assert stats.packets >= job.video_size // (32 * 1024)  # sshd's largest channel packet
+    assert stats.keys == 1
+    # Numbered like every other packet since the keys were set (GCM's nonce does not show it).
+    assert vars(transport.packetizer)["_Packetizer__sequence_number_out"] > stats.packets
+
+
+def test_asyncssh_accepts_the_lean_packets_too(
+        hosted: AsyncsshSftpServer, make_plugin: PluginFactory,
+        handshakes: list[paramiko.Transport], tmp_path: Path) -> None:
+    plugin = make_plugin(hosted_section(hosted))
+    job = write_job(tmp_path, "evt_lean_asyncssh", 3 * MiB + 7)
+
+    assert_uploaded(hosted.endpoint, transfer(plugin, job), job)
+
+    assert handshakes[-1].local_cipher == "aes128-gcm@openssh.com"
+    assert lean_stats(handshakes[-1]).data_bytes >= job.video_size
+
+
+@pytest.mark.parametrize("how", ["byte_limit", "renegotiate"])
+def test_key_re_exchange_in_the_middle_of_a_lean_upload(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, handshakes: list[paramiko.Transport],
+        tmp_path: Path, how: str) -> None:
+    plugin = make_plugin(sftp_endpoint.config_section())
+    transfer(plugin, write_job(tmp_path / "warm", "evt_warm", 100_000))  # the connection is made
+    [transport] = handshakes
+    before = lean_stats(transport)
+    assert before.keys == 1 and before.packets > 0
+    job = write_job(tmp_path / "pending", "evt_rekeyed", 16 * MiB + 999)
+    rekeys: list[threading.Thread] = []
+    packets_at_rekey: list[int] = []
+
+    if how == "byte_limit":
+        # The lean path counts what it sends and asks for new keys every 3 MiB, as paramiko's
+        # own send_message does at 512 MiB; the key exchanges run under the upload.
+        vars(transport.packetizer)["REKEY_BYTES"] = 3 * MiB
+        progress = no_progress
+    else:
+        def progress(done: int, total: int) -> None:
+            if done >= 2 * MiB and not rekeys:
+                packets_at_rekey.append(lean_stats(transport).packets)
+                rekeys.append(threading.Thread(target=transport.renegotiate_keys))
+                rekeys[0].start()
+
+    receipt = transfer(plugin, job, progress)
+    for thread in rekeys:
+        thread.join(10)
+
+    assert_uploaded(sftp_endpoint.endpoint, receipt, job)
+    assert transport.is_active() and len(handshakes) == 1
+    after = lean_stats(transport)
+    # Each new key it sent under counts once: lean packets went out before and after.
+    if how == "byte_limit":
+        assert after.keys >= 3  # at least two key exchanges during the upload
+    else:
+        assert after.keys == 2
+        assert before.packets < packets_at_rekey[0] < after.packets
+    assert after.data_bytes - before.data_bytes >= job.video_size
+
+
+@pytest.mark.parametrize("cipher", ["aes128-ctr", "aes256-ctr"])
+def test_other_ciphers_send_through_paramiko(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, handshakes: list[paramiko.Transport],
+        tmp_path: Path, cipher: str) -> None:
+    plugin = make_plugin(sftp_endpoint.config_section(), ciphers=[cipher])
+    job = write_job(tmp_path, "evt_ctr", 2 * MiB + 5)
+
+    assert_uploaded(sftp_endpoint.endpoint, transfer(plugin, job), job)
+
+    assert handshakes[-1].local_cipher == cipher
+    assert lean_stats(handshakes[-1]).packets == 0
+
+
+def test_a_paramiko_without_the_expected_internals_gets_channel_send() -> None:
+    left, right = socket.socketpair()
+    try:
+        transport = paramiko.Transport(left)  # never started: only its objects are looked at
+        sender = fastsend._sender(transport)
+        assert sender is not None  # this paramiko: the lean path may apply
+        assert not sender.applies()  # but not before AES-GCM keys are in place
+
+        other = paramiko.Transport(left)
+        del vars(other.packetizer)["_Packetizer__iv_out"]  # as if paramiko had changed
+        assert fastsend._sender(other) is None
+        assert fastsend.stats(other) is None
+    finally:
+        left.close()
+        right.close()
+
+
 # --- uploader check ----------------------------------------------------------------------------
 
 
@@ -898,3 +1009,4 @@ def test_the_rate_limiter_sleeps_once_per_deficit_and_wakes_on_a_new_rate() -> N
     started = time.monotonic()
     limiter.pace(10_000)
     assert time.monotonic() - started < 1.0
+
