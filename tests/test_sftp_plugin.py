@@ -38,6 +38,7 @@ from uploader_core.errors import (
 )
 from uploader_core.job import Job, TransferReceipt
 from uploader_plugins.sftp import SftpPlugin, fastsend
+from uploader_plugins.sftp import transfer as transfer_module
 
 pytestmark = pytest.mark.integration
 
@@ -276,6 +277,40 @@ def test_upload_is_byte_identical_and_reports_its_sha256(
     assert [done for done, _ in calls] == sorted({done for done, _ in calls})
     assert len(calls) >= 5  # progress is reported while the video goes out, not only at the end
     assert job.video_path.exists() and job.json_path.exists()  # the plugin only reads
+
+
+def test_the_video_is_hashed_on_its_own_thread_while_it_is_sent(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = make_plugin(sftp_endpoint.config_section())
+    job = write_job(tmp_path / "pending", "evt_hashed", 3 * MiB + 17)
+    hashed_on: list[str] = []
+    real_sha256 = hashlib.sha256
+
+    class Recording:
+        """sha256 that notes which thread feeds it."""
+
+        def __init__(self) -> None:
+            self._hash = real_sha256()
+
+        def update(self, data: Any) -> None:
+            hashed_on.append(threading.current_thread().name)
+            self._hash.update(data)
+
+        def copy(self) -> Any:
+            return self._hash.copy()
+
+        def hexdigest(self) -> str:
+            return self._hash.hexdigest()
+
+    monkeypatch.setattr(transfer_module.hashlib, "sha256", Recording)
+    receipt = transfer(plugin, job)
+    monkeypatch.undo()
+
+    assert_uploaded(sftp_endpoint.endpoint, receipt, job)  # the digest is the file's
+    assert len(hashed_on) >= 3  # one update per read of about 1 MiB
+    assert all(name.startswith("uploader-sftp-hash") for name in hashed_on), hashed_on
+    assert threading.current_thread().name not in hashed_on
 
 
 def test_a_second_upload_replaces_the_final_files(
