@@ -10,6 +10,10 @@ exactly once:
 4. archive: the video, then the JSON, move into ``uploaded_dir``. The JSON goes last because
    it is the trigger: while it is still pending, the job will be seen again.
 
+With one worker, the moves of phase 4 run on an :class:`~uploader_core.archiver.Archiver`
+thread while the next job goes through phases 1 to 3; what follows them (hooks, monitor, logs)
+stays on the engine thread, and a pass returns only once its archives are done.
+
 The engine knows nothing of PostgreSQL or SFTP; plugins do that work through the hooks in
 :mod:`uploader_core.hookspecs`.
 """
@@ -25,10 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import filing, signals
+from .archiver import Archiver
 from .config import disabled_plugins, validate
 from .errors import (
     ConfigurationError,
@@ -60,6 +66,14 @@ log = logging.getLogger("uploader")
 
 class _PassStopped(Exception):
     """Internal: the rest of this pass would only fail against the same endpoint."""
+
+
+@dataclass(frozen=True)
+class _ToArchive:
+    """A job recorded completed, handed to the archiver."""
+
+    job: Job
+    started: float  # time.monotonic() when the job was picked up
 
 
 class DataUploader:
@@ -133,6 +147,11 @@ class DataUploader:
                 lane.load_entry_points(disabled)
             lane.configure(s)
             self._lanes.append(lane)
+        # Several workers already overlap each other's archives: they archive inline.
+        self._archiver: Archiver[_ToArchive, bool] | None = None
+        if len(self._lanes) == 1:
+            self._archiver = Archiver(lambda handed: self._archive_files(handed.job))
+        self._pass_results: list[JobResult] | None = None
         self.retention = Retention(s["retention"], self.uploaded_dir,
                                    confirm=self._host.confirm_completed,
                                    pending_dir=self.pending_dir, should_stop=self._stop.is_set)
@@ -313,16 +332,31 @@ class DataUploader:
         return True
 
     def _run_sequentially(self, candidates: list[Candidate], results: list[JobResult]) -> None:
-        for candidate in candidates:
-            if not self._keep_going():
-                break
+        """Jobs one at a time, oldest first; a job's archive moves run beside the next job."""
+        self._pass_results = results
+        try:
+            for candidate in candidates:
+                self._collect_archives()
+                if not self._keep_going():
+                    break
+                try:
+                    result = self._process_candidate(candidate)
+                except _PassStopped as stopped:
+                    results.append(stopped.args[0])
+                    break
+                if result is not None:
+                    # After the results of the archives handed over before it: results stay
+                    # in the order the jobs started.
+                    self._collect_archives(wait=True)
+                    results.append(result)
+        finally:
             try:
-                result = self._process_candidate(candidate)
-            except _PassStopped as stopped:
-                results.append(stopped.args[0])
-                break
-            if result is not None:
-                results.append(result)
+                # Also when stopping: a move under way is quick, and finishing it is safer.
+                self._collect_archives(wait=True)
+            finally:
+                self._pass_results = None
+                if self._archiver is not None:
+                    self._archiver.close()
 
     def _run_in_parallel(self, candidates: list[Candidate], results: list[JobResult]) -> None:
         """Jobs in order of age, as many at a time as there are lanes.
@@ -451,6 +485,10 @@ class DataUploader:
         return moved
 
     def close(self) -> None:
+        if self._archiver is not None:
+            # Only left over when a pass ended in an exception; told before plugins shut down.
+            self._collect_archives(wait=True)
+            self._archiver.close()
         for lane in self._lanes:
             lane.shutdown()
         self._lock.release()
@@ -470,6 +508,7 @@ class DataUploader:
     # --- one job
 
     def _process_candidate(self, c: Candidate) -> JobResult | None:
+        """What became of the job; None when it vanished or when it went to the archiver."""
         stem = c.stem
         wait = self._job_retries.wait_left(stem)
         if wait > 0:
@@ -509,7 +548,7 @@ class DataUploader:
         self._reported.pop(f"orphan:{stem}", None)
         return self._transact(job)
 
-    def _transact(self, job: Job) -> JobResult:
+    def _transact(self, job: Job) -> JobResult | None:
         started = time.monotonic()
         phase = Phase.PRE_UPLOAD
         enter = self.monitor.phase
@@ -535,7 +574,10 @@ class DataUploader:
             return self._failed(job.event_id, phase, exc,
                                 [job.video_path, job.json_path])
         enter(job.event_id, Phase.ARCHIVE.value)
-        return self._archive(job, time.monotonic() - started)
+        if self._archiver is None:
+            return self._archive(job, time.monotonic() - started)
+        self._archiver.submit(_ToArchive(job, started))
+        return None
 
     def _transfer(self, job: Job) -> list[TransferReceipt]:
         self._local.progressed = False
@@ -560,22 +602,35 @@ class DataUploader:
                                  "it will be uploaded again")
         return receipts
 
-    def _archive(self, job: Job, duration: float = 0.0) -> JobResult:
+    def _archive(self, job: Job, duration: float) -> JobResult:
         try:
-            filing.move_into(job.video_path, self.uploaded_dir)
-        except FileNotFoundError:
-            # Only after a crash between the two moves or a hand-made change: the video is
-            # already archived or gone; the record says the job is complete.
-            pass
+            rewritten = self._archive_files(job)
         except OSError as exc:
             return self._archive_failed(job, exc)
+        return self._archived(job, rewritten, duration)
+
+    def _archive_files(self, job: Job) -> bool:
+        """Phase 4's moves; True when the JSON was gone and its uploaded bytes were written.
+
+        Only files are touched here: the archiver thread runs this.
+        """
+        # FileNotFoundError only after a crash between the two moves or a hand-made change:
+        # the video is already archived or gone; the record says the job is complete.
+        with contextlib.suppress(FileNotFoundError):
+            filing.move_into(job.video_path, self.uploaded_dir)
         try:
             filing.move_into(job.json_path, self.uploaded_dir)
         except FileNotFoundError:
             # Deleted while the job ran; its bytes were read and uploaded, so keep them.
             self._write_archived_document(job)
-        except OSError as exc:
-            return self._archive_failed(job, exc)
+            return True
+        return False
+
+    def _archived(self, job: Job, rewritten: bool, duration: float) -> JobResult:
+        """Everything after a successful archive; never on the archiver thread."""
+        if rewritten:
+            log.warning("%s was deleted from the pending directory during its upload; the "
+                        "uploaded copy was written to the archive", job.json_path.name)
         self._job_retries.succeeded(job.event_id)
         self._forget_reports(job.event_id)
         log.info("%s uploaded and archived", job.event_id)
@@ -583,6 +638,25 @@ class DataUploader:
         self.monitor.completed(job.event_id, job.video_size + job.json_size, duration)
         self._lane.post_archive(job)
         return JobResult(event_id=job.event_id, outcome=Outcome.COMPLETED)
+
+    def _collect_archives(self, *, wait: bool = False) -> None:
+        """Finish the jobs whose archive moves ended; with ``wait``, every job handed over.
+
+        Their results go to the pass under way, in the order the jobs were handed over.
+        """
+        if self._archiver is None:
+            return
+        while (done := self._archiver.next_done(wait=wait)) is not None:
+            job = done.item.job
+            if isinstance(done.error, OSError):
+                result = self._archive_failed(job, done.error)
+            elif done.error is not None:
+                raise done.error  # a bug: it ends the pass as it would inline
+            else:
+                result = self._archived(job, bool(done.value),
+                                        done.finished - done.item.started)
+            if self._pass_results is not None:
+                self._pass_results.append(result)
 
     def _write_archived_document(self, job: Job) -> None:
         dest = self.uploaded_dir / f"{job.event_id}{JSON_SUFFIX}"
@@ -593,8 +667,6 @@ class DataUploader:
             os.fsync(out.fileno())
         os.replace(tmp, dest)
         filing.fsync_dir(self.uploaded_dir)
-        log.warning("%s was deleted from the pending directory during its upload; the "
-                    "uploaded copy was written to the archive", job.json_path.name)
 
     def _archive_failed(self, job: Job, exc: OSError) -> JobResult:
         delay = self._job_retries.failed(job.event_id)
@@ -663,6 +735,9 @@ class DataUploader:
 
     def _failed(self, stem: str, phase: Phase, exc: BaseException,
                 files: list[Path]) -> JobResult:
+        # The jobs before this one are told first, as when they were archived inline: an
+        # archive collected later would mark the endpoint that just failed as up again.
+        self._collect_archives(wait=True)
         if isinstance(exc, PermanentJobError):
             return self._quarantine(stem, files, exc, phase)
         self.monitor.retry(stem, phase.value, str(exc))
@@ -700,6 +775,7 @@ class DataUploader:
 
     def _quarantine(self, stem: str, files: list[Path], exc: UploaderError,
                     phase: Phase) -> JobResult:
+        self._collect_archives(wait=True)  # the jobs before this one are told first
         reason = str(exc)
         try:
             filing.quarantine(self.failed_dir, stem, files, reason, {"phase": phase.value})

@@ -121,7 +121,9 @@ def post_archive(job: Job) -> None:
     """Called after phase 4, once the package is in the archive directory.
 
     ``job.video_path`` and ``job.json_path`` still name the original pending locations.
-    Nothing can be undone any more: exceptions are logged and otherwise ignored.
+    Nothing can be undone any more: exceptions are logged and otherwise ignored. With one
+    worker, the archive moves run while the next job starts, so this call may come after that
+    job's first hooks; it is still made on the engine's thread, before the pass ends.
     """
 
 

@@ -1,0 +1,377 @@
+"""With one worker, a job's archive moves run beside the next job, with in-memory plugins."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_rig import Rig, all_bytes, base_config, visible
+
+from uploader_core import DataUploader, EndpointUnavailable, Job, Outcome, Phase, filing, hookimpl
+from uploader_core.archiver import Archiver
+from uploader_core.monitor import Event, EventKind
+from uploader_core.testing import memory_plugins, write_package
+
+HOLD_TIMEOUT = 5.0  # a held move gives up after this: a test fails instead of hanging
+
+
+class Moves:
+    """Wraps ``filing.move_into``: records each move and can hold or fail chosen ones."""
+
+    def __init__(self, real: Callable[[Path, Path], Path]) -> None:
+        self._real = real
+        self._lock = threading.Lock()
+        self.log: list[str] = []  # "start:<name>" and "end:<name>", in order
+        self.threads: dict[str, int] = {}  # file name -> thread that moved it
+        self.started: dict[str, threading.Event] = {}
+        self.holds: dict[str, threading.Event] = {}
+        self.failures: dict[str, OSError] = {}
+        self.timed_out: list[str] = []
+
+    def hold(self, name: str) -> threading.Event:
+        """Make the move of ``name`` wait until the returned event is set."""
+        self.holds[name] = threading.Event()
+        return self.holds[name]
+
+    def moving(self, name: str) -> threading.Event:
+        """Set once the move of ``name`` has started."""
+        return self.started.setdefault(name, threading.Event())
+
+    def note(self, entry: str) -> None:
+        with self._lock:
+            self.log.append(entry)
+
+    def __call__(self, src: Path, directory: Path) -> Path:
+        name = src.name
+        self.threads[name] = threading.get_ident()
+        self.note(f"start:{name}")
+        self.moving(name).set()
+        hold = self.holds.get(name)
+        if hold is not None and not hold.wait(HOLD_TIMEOUT):
+            self.timed_out.append(name)
+        try:
+            failure = self.failures.pop(name, None)
+            if failure is not None:
+                raise failure
+            return self._real(src, directory)
+        finally:
+            self.note(f"end:{name}")
+
+
+@pytest.fixture
+def moves(monkeypatch: pytest.MonkeyPatch) -> Iterator[Moves]:
+    recorder = Moves(filing.move_into)
+    monkeypatch.setattr(filing, "move_into", recorder)
+    yield recorder
+
+
+class Recorder:
+    """A plugin that notes which thread each hook runs on, and what was archived by then."""
+
+    def __init__(self, uploaded: Path) -> None:
+        self.uploaded = uploaded
+        self.calls: list[tuple[str, str, int]] = []  # (hook, event id, thread)
+        self.archived_when_told: dict[str, list[str]] = {}
+
+    @hookimpl
+    def pre_upload(self, job: Job) -> None:
+        self.calls.append(("pre_upload", job.event_id, threading.get_ident()))
+
+    @hookimpl
+    def post_archive(self, job: Job) -> None:
+        self.calls.append(("post_archive", job.event_id, threading.get_ident()))
+        self.archived_when_told[job.event_id] = visible(self.uploaded)
+
+
+def rig_with(root: Path, *extra: tuple[str, object]) -> Rig:
+    """A one-worker rig with the in-memory plugins and ``extra`` ones."""
+    store, remote, plugins = memory_plugins()
+    engine = DataUploader(base_config(root), plugins=[*plugins, *extra], load_entry_points=False)
+    return Rig(engine, store, remote, root / "pending", root / "uploaded", root / "failed")
+
+
+def packages(rig: Rig, count: int) -> dict[str, bytes]:
+    """``count`` packages, evt_1 the oldest; every file's bytes, by name."""
+    for i in range(1, count + 1):
+        write_package(rig.pending, f"evt_{i}", video=2000 + i, age_seconds=100 - i)
+    return all_bytes(rig.pending)
+
+
+def test_next_job_is_transferred_while_the_previous_archive_is_still_moving(
+    rig: Rig, moves: Moves
+) -> None:
+    originals = packages(rig, 2)
+    release = moves.hold("evt_1.mp4")
+
+    def transfer(job: Job) -> None:
+        moves.note(f"transfer:{job.event_id}")
+        if job.event_id == "evt_2":
+            release.set()
+
+    rig.remote.during_transfer = transfer
+
+    results = rig.engine.run_once()
+
+    assert moves.timed_out == [], "the first archive move was never overlapped"
+    assert moves.log.index("transfer:evt_2") < moves.log.index("end:evt_1.mp4"), moves.log
+    assert moves.threads["evt_1.mp4"] != threading.get_ident()
+    assert [(r.event_id, r.outcome) for r in results] == [("evt_1", Outcome.COMPLETED),
+                                                          ("evt_2", Outcome.COMPLETED)]
+    # Video before JSON, one job after the other.
+    ends = [e for e in moves.log if e.startswith("end:")]
+    assert ends == ["end:evt_1.mp4", "end:evt_1.json", "end:evt_2.mp4", "end:evt_2.json"]
+    assert all_bytes(rig.uploaded) == originals
+    assert visible(rig.pending) == []
+    assert rig.remote.uploads == 2
+    assert {k: r.status for k, r in rig.store.records.items()} == {"evt_1": "completed",
+                                                                    "evt_2": "completed"}
+
+
+def test_results_stay_in_the_order_the_jobs_started(rig: Rig, moves: Moves) -> None:
+    originals = packages(rig, 3)
+    release = moves.hold("evt_1.mp4")
+
+    def transfer(job: Job) -> None:
+        if job.event_id == "evt_2":
+            release.set()
+            raise ValueError("a plugin bug in the middle")
+
+    rig.remote.during_transfer = transfer
+
+    results = rig.engine.run_once()
+
+    assert moves.timed_out == []
+    assert [(r.event_id, r.outcome) for r in results] == [("evt_1", Outcome.COMPLETED),
+                                                          ("evt_2", Outcome.RETRY),
+                                                          ("evt_3", Outcome.COMPLETED)]
+    assert visible(rig.pending) == ["evt_2.json", "evt_2.mp4"]
+    assert all_bytes(rig.pending) | all_bytes(rig.uploaded) == originals
+
+
+@pytest.mark.parametrize("failing", ["evt_2.mp4", "evt_2.json"])
+def test_a_failing_archive_move_is_retried_without_another_upload(
+    rig: Rig, moves: Moves, failing: str
+) -> None:
+    originals = packages(rig, 3)
+    moves.failures[failing] = OSError(errno.ENOSPC, "No space left on device")
+
+    first = rig.engine.run_once()
+
+    assert moves.threads[failing] != threading.get_ident(), "moved on the engine thread"
+    assert [(r.event_id, r.outcome) for r in first] == [("evt_1", Outcome.COMPLETED),
+                                                        ("evt_2", Outcome.RETRY),
+                                                        ("evt_3", Outcome.COMPLETED)]
+    assert first[1].phase is Phase.ARCHIVE
+    assert first[1].reason == (
+        f"evt_2 is uploaded and recorded, but moving it into {rig.uploaded} failed: No space "
+        f"left on device; the files stay in {rig.pending} and archiving is retried in 0 s "
+        "(setting: uploader.uploaded_dir)")
+    assert rig.store.records["evt_2"].status == "completed"
+    assert "evt_2.json" in visible(rig.pending), "the trigger stays until it is archived"
+    if failing == "evt_2.mp4":
+        assert all_bytes(rig.pending) == {n: b for n, b in originals.items()
+                                          if n.startswith("evt_2")}
+    assert all_bytes(rig.pending) | all_bytes(rig.uploaded) == originals
+    assert rig.engine.monitor.job("evt_2")["last_error"] == first[1].reason
+    uploads = rig.remote.uploads
+    assert uploads == 3
+
+    second = rig.engine.run_once()
+
+    assert [(r.event_id, r.outcome) for r in second] == [("evt_2", Outcome.COMPLETED)]
+    assert rig.remote.uploads == uploads, "a completed upload is not sent again"
+    assert all_bytes(rig.uploaded) == originals
+    assert visible(rig.pending) == []
+
+
+def test_hooks_and_monitor_hear_of_an_archive_on_the_engine_thread(
+    tmp_path: Path, moves: Moves
+) -> None:
+    recorder = Recorder(tmp_path / "uploaded")
+    rig = rig_with(tmp_path, ("recorder", recorder))
+    engine = rig.engine
+    originals = packages(rig, 3)
+    completed: list[tuple[str, int]] = []
+
+    def on_event(event: Event) -> None:
+        if event.kind is EventKind.COMPLETED:
+            completed.append((event.event_id or "", threading.get_ident()))
+
+    engine.monitor.subscribe(on_event)
+    engine_thread = threading.get_ident()
+
+    results = engine.run_once()
+
+    assert [r.outcome for r in results] == [Outcome.COMPLETED] * 3
+    assert engine_thread not in {moves.threads[name] for name in originals}
+    told = [(event_id, thread) for hook, event_id, thread in recorder.calls
+            if hook == "post_archive"]
+    assert told == [("evt_1", engine_thread), ("evt_2", engine_thread),
+                    ("evt_3", engine_thread)]
+    assert completed == told
+    assert all(thread == engine_thread for _, _, thread in recorder.calls)
+    for event_id, archived in recorder.archived_when_told.items():
+        assert {f"{event_id}.json", f"{event_id}.mp4"} <= set(archived)
+    assert all_bytes(rig.uploaded) == originals
+    assert engine.monitor.snapshot()["totals"]["completed"] == 3
+    engine.close()
+
+
+def test_an_endpoint_that_fails_after_an_archived_job_is_still_reported_down(
+    rig: Rig, moves: Moves
+) -> None:
+    packages(rig, 2)
+    rig.remote.faults.fail_next(EndpointUnavailable("connection refused", endpoint="sftp"))
+    rig.engine.run_once()
+    assert rig.engine.monitor.endpoints_down() == ["sftp"]
+    release = moves.hold("evt_1.mp4")
+
+    def transfer(job: Job) -> None:
+        if job.event_id == "evt_2":
+            # Let the first job's archive end only once this job's failure is under way.
+            threading.Timer(0.2, release.set).start()
+            raise EndpointUnavailable("connection reset", endpoint="sftp")
+
+    rig.remote.during_transfer = transfer
+
+    results = rig.engine.run_once()
+
+    assert moves.timed_out == []
+    assert [(r.event_id, r.outcome) for r in results] == [("evt_1", Outcome.COMPLETED),
+                                                          ("evt_2", Outcome.RETRY)]
+    assert rig.engine.monitor.endpoints_down() == ["sftp"]
+
+
+def test_a_stop_during_the_next_transfer_waits_for_the_archive_in_flight(
+    rig: Rig, moves: Moves
+) -> None:
+    originals = packages(rig, 3)
+    release = moves.hold("evt_1.mp4")
+
+    def transfer(job: Job) -> None:
+        if job.event_id == "evt_2":
+            assert moves.moving("evt_1.mp4").wait(HOLD_TIMEOUT)
+            rig.engine.request_stop()
+            # The move ends well after the engine has given up on this transfer.
+            threading.Timer(0.3, release.set).start()
+
+    rig.remote.during_transfer = transfer
+
+    results = rig.engine.run_once()
+    after_run_once = list(moves.log)
+    rig.engine.close()
+
+    assert moves.timed_out == []
+    assert after_run_once[-1] == "end:evt_1.json", after_run_once
+    assert [(r.event_id, r.outcome) for r in results] == [("evt_1", Outcome.COMPLETED),
+                                                          ("evt_2", Outcome.RETRY)]
+    assert visible(rig.uploaded) == ["evt_1.json", "evt_1.mp4"]
+    assert visible(rig.pending) == ["evt_2.json", "evt_2.mp4", "evt_3.json", "evt_3.mp4"]
+    assert all_bytes(rig.pending) | all_bytes(rig.uploaded) == originals
+    assert rig.store.records["evt_2"].status == "pending"
+    assert "evt_3" not in rig.store.records
+    assert moves.log == after_run_once, "nothing moved after run_once returned"
+
+
+class StopOnceCompleted:
+    """Asks the engine to stop once the first job is recorded completed, before its archive."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.engine: DataUploader | None = None
+
+    @hookimpl(trylast=True)
+    def mark_completed(self, job: Job, receipts: Any) -> None:
+        assert self.engine is not None
+        self.engine.request_stop()
+        # The archive move then outlasts the engine's decision to stop.
+        threading.Timer(0.3, self.release.set).start()
+
+
+def test_run_returns_only_when_the_archive_in_flight_is_done(
+    tmp_path: Path, moves: Moves
+) -> None:
+    release = moves.hold("evt_1.mp4")
+    stopper = StopOnceCompleted(release)
+    rig = rig_with(tmp_path, ("stopper", stopper))
+    stopper.engine = rig.engine
+    originals = packages(rig, 2)
+
+    def run() -> None:
+        rig.engine.run()
+        moves.note("run returned")
+
+    runner = threading.Thread(target=run, name="engine")
+    started = time.monotonic()
+    runner.start()
+    runner.join(HOLD_TIMEOUT * 2)
+
+    assert not runner.is_alive()
+    assert moves.timed_out == []
+    assert time.monotonic() - started >= 0.3
+    assert moves.log[-2:] == ["end:evt_1.json", "run returned"], moves.log
+    assert visible(rig.uploaded) == ["evt_1.json", "evt_1.mp4"]
+    assert all_bytes(rig.pending) | all_bytes(rig.uploaded) == originals
+    assert rig.remote.uploads == 1
+    assert rig.engine.monitor.snapshot()["totals"]["completed"] == 1
+
+
+def test_parallel_workers_still_archive_on_their_own_threads(
+    make_rig: Callable[..., Rig], moves: Moves
+) -> None:
+    rig = make_rig(workers=2)
+    originals = packages(rig, 4)
+    workers: dict[str, int] = {}
+
+    def transfer(job: Job) -> None:
+        workers[job.event_id] = threading.get_ident()
+
+    rig.remote.during_transfer = transfer
+
+    results = rig.engine.run_once()
+
+    assert sorted(r.event_id for r in results) == ["evt_1", "evt_2", "evt_3", "evt_4"]
+    for event_id, thread in workers.items():
+        assert moves.threads[f"{event_id}.mp4"] == thread
+        assert moves.threads[f"{event_id}.json"] == thread
+    assert all_bytes(rig.uploaded) == originals
+
+
+def test_the_archiver_hands_back_outcomes_in_order_and_bounds_the_work() -> None:
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def move(n: int) -> int:
+        if n == 1:
+            gate.wait(HOLD_TIMEOUT)
+        if n == 2:
+            raise OSError(errno.EACCES, "Permission denied")
+        seen.append(n)
+        return n * 10
+
+    archiver: Archiver[int, int] = Archiver(move, limit=1)
+    archiver.submit(1)
+    assert archiver.next_done() is None, "still moving"
+    blocked = threading.Thread(target=archiver.submit, args=(2,))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive(), "a second item waits while the first one moves"
+    gate.set()
+    blocked.join(HOLD_TIMEOUT)
+    archiver.submit(3)
+    outcomes: list[Any] = []
+    while (done := archiver.next_done(wait=True)) is not None:
+        outcomes.append(done)
+    archiver.close()
+
+    assert [o.item for o in outcomes] == [1, 2, 3]
+    assert [o.value for o in outcomes] == [10, None, 30]
+    assert isinstance(outcomes[1].error, OSError)
+    assert outcomes[0].finished <= outcomes[1].finished <= outcomes[2].finished
+    assert seen == [1, 3]
+    assert len(archiver) == 0
