@@ -813,6 +813,8 @@ def test_aes_gcm_uploads_build_their_packets_on_the_lean_path(
     assert stats.data_bytes >= job.video_size  # every write request, headers included
     assert stats.packets >= job.video_size // (32 * 1024)  # sshd's largest channel packet
     assert stats.keys == 1
+    # Each write request's packets (the data of about 128 KiB) reach the socket in one call.
+    assert stats.writes <= stats.packets / 3
     # Numbered like every other packet since the keys were set (GCM's nonce does not show it).
     assert vars(transport.packetizer)["_Packetizer__sequence_number_out"] > stats.packets
 

@@ -10,9 +10,12 @@ exactly once:
 4. archive: the video, then the JSON, move into ``uploaded_dir``. The JSON goes last because
    it is the trigger: while it is still pending, the job will be seen again.
 
-With one worker, the moves of phase 4 run on an :class:`~uploader_core.archiver.Archiver`
-thread while the next job goes through phases 1 to 3; what follows them (hooks, monitor, logs)
-stays on the engine thread, and a pass returns only once its archives are done.
+With one worker, jobs still go one at a time through each phase, but neighbouring jobs
+overlap (:mod:`uploader_core.side_thread`): while one job's files go out on the transfer
+thread, the engine thread records the next job and completes the one before, and the archiver
+thread moves the files of the one before that. Hooks, monitor events and logs stay on the
+engine thread, except ``transfer_files`` itself, and a pass returns only once all of its work
+is done.
 
 The engine knows nothing of PostgreSQL or SFTP; plugins do that work through the hooks in
 :mod:`uploader_core.hookspecs`.
@@ -34,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from . import filing, signals
-from .archiver import Archiver
 from .config import disabled_plugins, validate
 from .errors import (
     ConfigurationError,
@@ -58,6 +60,7 @@ from .queue_lock import QueueLock
 from .retention import Retention
 from .retry import Backoff, RetrySchedule
 from .scanner import Candidate, SettleTracker, scan
+from .side_thread import Finished, SideThread
 from .systemd import Notifier
 from .watcher import PendingWatcher
 
@@ -66,6 +69,15 @@ log = logging.getLogger("uploader")
 
 class _PassStopped(Exception):
     """Internal: the rest of this pass would only fail against the same endpoint."""
+
+
+@dataclass
+class _Recorded:
+    """A job recorded pending (phase 1 done): ready for its transfer."""
+
+    job: Job
+    started: float  # time.monotonic() when the job was picked up
+    progressed: bool = False  # bytes went out during its transfer
 
 
 @dataclass(frozen=True)
@@ -147,10 +159,15 @@ class DataUploader:
                 lane.load_entry_points(disabled)
             lane.configure(s)
             self._lanes.append(lane)
-        # Several workers already overlap each other's archives: they archive inline.
-        self._archiver: Archiver[_ToArchive, bool] | None = None
+        # Several workers already overlap each other's jobs: each runs its jobs inline.
+        self._archiver: SideThread[_ToArchive, bool] | None = None
+        self._transfers: SideThread[_Recorded, list[TransferReceipt]] | None = None
         if len(self._lanes) == 1:
-            self._archiver = Archiver(lambda handed: self._archive_files(handed.job))
+            self._archiver = SideThread(lambda handed: self._archive_files(handed.job),
+                                        name="uploader-archiver")
+            if self._transfers_can_overlap():
+                self._transfers = SideThread(self._transfer, name="uploader-transfer")
+        self._in_flight: _Recorded | None = None  # on the transfer thread
         self._pass_results: list[JobResult] | None = None
         self.retention = Retention(s["retention"], self.uploaded_dir,
                                    confirm=self._host.confirm_completed,
@@ -326,37 +343,55 @@ class DataUploader:
         if self._stop.is_set() or self._paused.is_set():
             return False
         if self._reload.is_set():
-            # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog.
+            # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog; not
+            # during a transfer, so that no plugin is reconfigured while it works.
+            self._settle_in_flight()
             self._reload.clear()
             self.reload()
         return True
 
     def _run_sequentially(self, candidates: list[Candidate], results: list[JobResult]) -> None:
-        """Jobs one at a time, oldest first; a job's archive moves run beside the next job."""
+        """Jobs one at a time, oldest first, each phase of a job after the one before it.
+
+        Neighbouring jobs overlap: one job's transfer runs beside the next job's record and
+        the previous job's completion, and its archive moves beside the jobs after it.
+        """
         self._pass_results = results
         try:
             for candidate in candidates:
-                self._collect_archives()
-                if not self._keep_going():
-                    break
                 try:
+                    self._collect_archives()
+                    if not self._keep_going():
+                        break
                     result = self._process_candidate(candidate)
+                    if result is not None:
+                        # After the jobs handed over before it: results stay in the order the
+                        # jobs started.
+                        self._settle_in_flight()
+                        self._collect_archives(wait=True)
+                        results.append(result)
                 except _PassStopped as stopped:
+                    # The job under way was picked up first: its result comes first.
+                    try:
+                        self._settle_in_flight()
+                    except _PassStopped as earlier:
+                        results.append(earlier.args[0])
                     results.append(stopped.args[0])
                     break
-                if result is not None:
-                    # After the results of the archives handed over before it: results stay
-                    # in the order the jobs started.
-                    self._collect_archives(wait=True)
-                    results.append(result)
         finally:
             try:
-                # Also when stopping: a move under way is quick, and finishing it is safer.
+                try:
+                    # Also when stopping: the transfer has been interrupted, and a move under
+                    # way is quick, and finishing it is safer.
+                    self._settle_in_flight()
+                except _PassStopped as stopped:
+                    results.append(stopped.args[0])
                 self._collect_archives(wait=True)
             finally:
                 self._pass_results = None
-                if self._archiver is not None:
-                    self._archiver.close()
+                for side in (self._transfers, self._archiver):
+                    if side is not None:
+                        side.close()
 
     def _run_in_parallel(self, candidates: list[Candidate], results: list[JobResult]) -> None:
         """Jobs in order of age, as many at a time as there are lanes.
@@ -485,8 +520,13 @@ class DataUploader:
         return moved
 
     def close(self) -> None:
+        if self._transfers is not None:
+            # Only left over when a pass ended in an exception: the transfer ends before its
+            # plugin shuts down, and the job, still recorded pending, is retried later.
+            self._in_flight = None
+            self._transfers.close()
         if self._archiver is not None:
-            # Only left over when a pass ended in an exception; told before plugins shut down.
+            # Likewise; told before plugins shut down.
             self._collect_archives(wait=True)
             self._archiver.close()
         for lane in self._lanes:
@@ -549,6 +589,24 @@ class DataUploader:
         return self._transact(job)
 
     def _transact(self, job: Job) -> JobResult | None:
+        """Phases 1 to 4 of ``job``; None when its transfer or archive went to a side thread
+        (the result comes to the pass when that work is collected)."""
+        recorded = self._record(job)
+        if not isinstance(recorded, _Recorded):
+            return recorded
+        if self._transfers is not None:
+            self._settle_in_flight(start=recorded)
+            return None
+        self.monitor.phase(job.event_id, Phase.TRANSFER.value)
+        try:
+            receipts = self._transfer(recorded)
+        except Exception as exc:
+            return self._failed(job.event_id, Phase.TRANSFER, exc,
+                                [job.video_path, job.json_path], progressed=recorded.progressed)
+        return self._complete(recorded, receipts)
+
+    def _record(self, job: Job) -> _Recorded | JobResult | None:
+        """``pre_upload`` and phase 1; a job recorded pending is ready for its transfer."""
         started = time.monotonic()
         phase = Phase.PRE_UPLOAD
         enter = self.monitor.phase
@@ -559,33 +617,111 @@ class DataUploader:
             phase = Phase.STORE_METADATA
             enter(job.event_id, phase.value)
             states = self._lane.store_metadata(job)
-            if states and all(s is RecordState.COMPLETED for s in states):
-                log.info("%s was already completed; archiving it", job.event_id)
-            else:
+            if not (states and all(s is RecordState.COMPLETED for s in states)):
                 self._check_stop()
-                phase = Phase.TRANSFER
-                enter(job.event_id, phase.value)
-                receipts = self._transfer(job)
-                self._check_stop()
-                phase = Phase.MARK_COMPLETED
-                enter(job.event_id, phase.value)
-                self._lane.mark_completed(job, receipts)
+                return _Recorded(job, started)
         except Exception as exc:
-            return self._failed(job.event_id, phase, exc,
-                                [job.video_path, job.json_path])
-        enter(job.event_id, Phase.ARCHIVE.value)
+            return self._failed(job.event_id, phase, exc, [job.video_path, job.json_path])
+        log.info("%s was already completed; archiving it", job.event_id)
+        return self._to_archive(job, started)
+
+    def _complete(self, recorded: _Recorded, receipts: list[TransferReceipt]) -> JobResult | None:
+        """Phase 3 after a transfer that succeeded, then phase 4."""
+        job = recorded.job
+        phase = Phase.TRANSFER
+        try:
+            self._check_stop()
+            phase = Phase.MARK_COMPLETED
+            self.monitor.phase(job.event_id, phase.value)
+            self._lane.mark_completed(job, receipts)
+        except Exception as exc:
+            return self._failed(job.event_id, phase, exc, [job.video_path, job.json_path])
+        return self._to_archive(job, recorded.started)
+
+    def _to_archive(self, job: Job, started: float) -> JobResult | None:
+        self.monitor.phase(job.event_id, Phase.ARCHIVE.value)
         if self._archiver is None:
             return self._archive(job, time.monotonic() - started)
         self._archiver.submit(_ToArchive(job, started))
         return None
 
-    def _transfer(self, job: Job) -> list[TransferReceipt]:
-        self._local.progressed = False
+    # --- transfers on their own thread (one worker)
+
+    def _transfers_can_overlap(self) -> bool:
+        """Whether a transfer may run beside the engine thread's other phases.
+
+        Only when no plugin that transfers files also takes part in those phases, so that no
+        plugin object is ever called from two threads at once. ``post_quarantine`` waits for
+        the transfer under way instead (:meth:`_quarantine`), and so does a reload.
+        """
+        transferring = self._host.plugins_implementing("transfer_files")
+        return not any(transferring & self._host.plugins_implementing(hook)
+                       for hook in ("pre_upload", "store_metadata", "mark_completed",
+                                    "post_archive"))
+
+    def _settle_in_flight(self, start: _Recorded | None = None) -> None:
+        """Wait for the transfer under way and complete its job; then start ``start``'s.
+
+        A transfer that failed is dealt with before the next one starts, since its failure
+        can stop the pass; one that succeeded is completed while the next one runs. Raises
+        :class:`_PassStopped` as the job's own phases would; ``start`` then gets a result
+        saying it was not transferred.
+        """
+        transfers = self._transfers
+        previous, self._in_flight = self._in_flight, None
+        done: Finished[_Recorded, list[TransferReceipt]] | None = None
+        if previous is not None and transfers is not None:
+            done = transfers.next_done(wait=True)
+        if previous is not None and done is not None and done.error is not None:
+            try:
+                self._add_result(self._after_transfer(previous, done))
+            except _PassStopped as stopped:
+                if start is None:
+                    raise
+                self._add_result(stopped.args[0])
+                raise _PassStopped(self._not_transferred(start, "the pass stopped")) from stopped
+        if start is not None and transfers is not None:
+            if self._reload.is_set():
+                # No transfer is under way: the new settings apply from this job on.
+                self._reload.clear()
+                self.reload()
+            self.monitor.phase(start.job.event_id, Phase.TRANSFER.value)
+            self._in_flight = start
+            transfers.submit(start)
+        if previous is not None and done is not None and done.error is None:
+            self._add_result(self._after_transfer(previous, done))
+
+    def _after_transfer(self, recorded: _Recorded,
+                        done: Finished[_Recorded, list[TransferReceipt]]) -> JobResult | None:
+        job = recorded.job
+        if done.error is None:
+            assert done.value is not None
+            return self._complete(recorded, done.value)
+        if not isinstance(done.error, Exception):
+            raise done.error  # KeyboardInterrupt and the like end the pass as they would inline
+        return self._failed(job.event_id, Phase.TRANSFER, done.error,
+                            [job.video_path, job.json_path], progressed=recorded.progressed)
+
+    def _not_transferred(self, recorded: _Recorded, why: str) -> JobResult:
+        """A job recorded pending whose transfer never started: it is tried again later."""
+        reason = f"not transferred: {why}"
+        self.monitor.retry(recorded.job.event_id, Phase.TRANSFER.value, reason)
+        return JobResult(event_id=recorded.job.event_id, outcome=Outcome.RETRY,
+                         phase=Phase.TRANSFER, reason=reason)
+
+    def _add_result(self, result: JobResult | None) -> None:
+        if result is not None and self._pass_results is not None:
+            self._pass_results.append(result)
+
+    def _transfer(self, recorded: _Recorded) -> list[TransferReceipt]:
+        """Phase 2, and a check that the video did not change meanwhile; on the transfer
+        thread with one worker, so it touches no engine state but the monitor."""
+        job = recorded.job
 
         def progress(done: int, total: int) -> None:
             if self._stop.is_set():
                 raise Interrupted(f"transfer of {job.event_id} abandoned: the uploader is stopping")
-            self._local.progressed = True
+            recorded.progressed = True
             self.monitor.progress(job.event_id, done, total)
 
         self.monitor.transfer_started(job.event_id, job.video_size + job.json_size)
@@ -655,8 +791,7 @@ class DataUploader:
             else:
                 result = self._archived(job, bool(done.value),
                                         done.finished - done.item.started)
-            if self._pass_results is not None:
-                self._pass_results.append(result)
+            self._add_result(result)
 
     def _write_archived_document(self, job: Job) -> None:
         dest = self.uploaded_dir / f"{job.event_id}{JSON_SUFFIX}"
@@ -734,7 +869,7 @@ class DataUploader:
     # --- failures
 
     def _failed(self, stem: str, phase: Phase, exc: BaseException,
-                files: list[Path]) -> JobResult:
+                files: list[Path], *, progressed: bool = False) -> JobResult:
         # The jobs before this one are told first, as when they were archived inline: an
         # archive collected later would mark the endpoint that just failed as up again.
         self._collect_archives(wait=True)
@@ -748,7 +883,7 @@ class DataUploader:
                                          reason=str(exc)))
         if isinstance(exc, (EndpointUnavailable, ConfigurationError)):
             self._blocked_by = exc
-            if phase is Phase.TRANSFER and getattr(self._local, "progressed", False):
+            if phase is Phase.TRANSFER and progressed:
                 # A link that breaks every few megabytes still makes progress (uploads
                 # resume): retry soon rather than backing off further each time.
                 self._endpoint_retries.forget("endpoints")
@@ -775,7 +910,10 @@ class DataUploader:
 
     def _quarantine(self, stem: str, files: list[Path], exc: UploaderError,
                     phase: Phase) -> JobResult:
-        self._collect_archives(wait=True)  # the jobs before this one are told first
+        # The jobs before this one are told first, and post_quarantine never comes while the
+        # plugin that implements it may be transferring.
+        self._settle_in_flight()
+        self._collect_archives(wait=True)
         reason = str(exc)
         try:
             filing.quarantine(self.failed_dir, stem, files, reason, {"phase": phase.value})

@@ -7,7 +7,12 @@ Conventions for implementers:
   with ``raise ... from exc``. What each error type makes the engine do is described once in
   that module; any other exception escaping a phase hook is treated as transient and logged
   with its traceback, so a plugin bug never quarantines a job.
-- Phase hooks run on the engine's thread, one job at a time.
+- Each job goes through its phase hooks in order, and one plugin object is never called from
+  two threads at once. With one worker, neighbouring jobs overlap: ``transfer_files`` runs on
+  a transfer thread while the engine's thread calls the other phase hooks for the jobs before
+  and after it, unless a plugin that transfers also implements one of those hooks (then every
+  hook runs on the engine's thread, one job after the other). With several workers, each job
+  runs all its hooks on one worker thread, with plugin objects of that worker's own.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ def uploader_configure(config: Mapping[str, Any]) -> None:
     when first needed, so an engine can start while its endpoints are down). Raising
     :class:`ConfigurationError` refuses to build the engine.
 
-    Called again, between passes, when the configuration is reloaded (SIGHUP): apply the new
+    Called again when the configuration is reloaded (SIGHUP), between jobs: apply the new
     settings, and drop a connection whose endpoint settings changed so the next use makes a
     new one. Raising :class:`ConfigurationError` then keeps the engine on its old settings.
+    With one worker no transfer is under way then; with several workers, this instance's
+    worker may be in the middle of a job, from another thread.
     """
 
 
@@ -103,6 +110,11 @@ def transfer_files(job: Job, progress: ProgressCallback) -> TransferReceipt | No
     as bytes go out; it raises :class:`Interrupted` when the engine is stopping. Return a
     :class:`TransferReceipt` saying where the files are, or ``None`` if this plugin does not
     transfer. At least one implementation must return a receipt.
+
+    With one worker this runs on a transfer thread of its own, one transfer at a time, while
+    the engine's thread records the next job and completes the one before. It may be called
+    while ``uploader_configure`` has not yet applied a reload (reloads wait for the transfer
+    under way), and ``post_quarantine`` is never called during it.
     """
 
 

@@ -71,6 +71,10 @@ class PluginHost:
     def implements(self, hook_name: str) -> bool:
         return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
 
+    def plugins_implementing(self, hook_name: str) -> set[int]:
+        """Which plugin objects implement ``hook_name``, by ``id()`` (plugins need not hash)."""
+        return {id(impl.plugin) for impl in getattr(self._pm.hook, hook_name).get_hookimpls()}
+
     # --- typed calls
 
     def config_sections(self) -> dict[str, Section]:

@@ -54,18 +54,6 @@ LIMITS_EXTENSION = "limits@openssh.com"
 # (offset, data length).
 _WRITE_START = struct.Struct(">IBII")
 _WRITE_END = struct.Struct(">QI")
-# What paramiko keeps spare in each channel packet for the packet's own header.
-_CHANNEL_SPARE = 64
-
-
-def _send_all(channel: paramiko.Channel, data: memoryview) -> None:
-    # Most of an upload's bytes go through here: fastsend builds their packets without
-    # paramiko's copies where the connection allows it, and is channel.send otherwise.
-    while data:
-        sent = fastsend.send(channel, data)
-        if sent <= 0:
-            raise EOFError("the SFTP channel is closed")
-        data = data[sent:]
 
 
 class Pipeline:
@@ -86,8 +74,7 @@ class Pipeline:
 
         The same bytes paramiko would send, without its copies of the data (into a message,
         out of it, behind the length, and the remainder again after each channel packet):
-        the header and the start of the data go out as one channel packet, the rest straight
-        from ``data``.
+        the header and the data go to :func:`.fastsend.send_all` as they are.
         """
         sftp = self._sftp
         with sftp._lock:
@@ -98,11 +85,7 @@ class Pipeline:
         header = (_WRITE_START.pack(1 + 4 + 4 + len(handle) + 8 + 4 + length, CMD_WRITE, num,
                                     len(handle))
                   + handle + _WRITE_END.pack(offset, length))
-        channel: paramiko.Channel = sftp.sock
-        first = max(0, channel.out_max_packet_size - _CHANNEL_SPARE - len(header))
-        _send_all(channel, memoryview(header + data[:first]))
-        if length > first:
-            _send_all(channel, data[first:])
+        fastsend.send_all(sftp.sock, memoryview(header), data)
         return num
 
     def _async_response(self, kind: int, msg: Message, num: int) -> None:

@@ -1,13 +1,14 @@
-"""The archive moves of finished jobs, on one thread beside the engine's.
+"""Work of the engine's that runs on one thread beside it, item after item, in order.
 
-With one worker, the engine thread would otherwise wait after every job for the renames and
-directory fsyncs of its phase 4 before it could record and transfer the next job. An
-:class:`Archiver` runs those moves, one item after the other in the order they were handed
-over, while the engine goes on; it only moves files. The engine collects each outcome and does
-everything else (hooks, monitor, logs, retry bookkeeping) on its own thread, as before.
+With one worker, the engine would otherwise wait for each job's transfer before recording the
+next job, and for each job's archive moves (renames and directory fsyncs) before going on. A
+:class:`SideThread` runs one kind of that work (the engine keeps one for transfers and one for
+archive moves) while the engine thread goes on. The engine thread hands items over, collects
+each outcome in the order it handed them over, and does everything else (hooks, monitor,
+logs, retry bookkeeping) itself.
 
-A crash while a move runs here is the same as a crash during an inline archive: the moves are
-the same calls, and the next pass finishes what they left.
+A crash while an item runs here is the same as a crash while the engine thread ran it: the
+calls are the same, and the next pass finishes what they left.
 """
 
 from __future__ import annotations
@@ -24,34 +25,33 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class Archived(Generic[T, R]):
-    """The outcome of one item: what ``move(item)`` returned, or what it raised."""
+class Finished(Generic[T, R]):
+    """The outcome of one item: what ``run(item)`` returned, or what it raised."""
 
     item: T
     value: R | None
     error: BaseException | None
-    finished: float  # time.monotonic() when the move returned or raised
+    finished: float  # time.monotonic() when run(item) returned or raised
 
 
-class Archiver(Generic[T, R]):
-    """Runs ``move(item)`` for each item handed over, in order, on one thread.
+class SideThread(Generic[T, R]):
+    """Runs ``run(item)`` for each item handed over, in order, on one thread.
 
-    At most ``limit`` items wait or move at a time; :meth:`submit` blocks beyond that, so a slow
+    At most ``limit`` items wait or run at a time; :meth:`submit` blocks beyond that, so a slow
     archive disk slows the engine down instead of piling up work. The thread starts with the
     first item and ends with :meth:`close`. One thread (the engine's) hands items over,
     collects and closes.
     """
 
-    def __init__(self, move: Callable[[T], R], *, limit: int = 1,
-                 name: str = "uploader-archiver") -> None:
+    def __init__(self, run: Callable[[T], R], *, name: str, limit: int = 1) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        self._move = move
+        self._run_item = run
         self._limit = limit
         self._name = name
         self._cond = threading.Condition()
-        self._queued: deque[T] = deque()  # the first one is moving
-        self._done: deque[Archived[T, R]] = deque()
+        self._queued: deque[T] = deque()  # the first one is running
+        self._done: deque[Finished[T, R]] = deque()
         self._thread: threading.Thread | None = None
         self._closing = False
 
@@ -61,7 +61,7 @@ class Archiver(Generic[T, R]):
             return len(self._queued) + len(self._done)
 
     def submit(self, item: T) -> None:
-        """Hand ``item`` over; waits while ``limit`` items are still waiting or moving."""
+        """Hand ``item`` over; waits while ``limit`` items are still waiting or running."""
         with self._cond:
             while len(self._queued) >= self._limit:
                 self._cond.wait()
@@ -69,16 +69,16 @@ class Archiver(Generic[T, R]):
             if self._thread is None:
                 self._closing = False
                 # A daemon, so that an engine thread that dies without closing cannot keep the
-                # process alive; a move cut short at exit is a crash the next pass recovers from.
+                # process alive; work cut short at exit is a crash the next pass recovers from.
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
 
-    def next_done(self, *, wait: bool = False) -> Archived[T, R] | None:
+    def next_done(self, *, wait: bool = False) -> Finished[T, R] | None:
         """The oldest outcome not collected yet, or None when there is none.
 
         Outcomes come in the order the items were handed over. Without ``wait``, an item still
-        waiting or moving gives None; with it, this waits for that item's move to end.
+        waiting or running gives None; with it, this waits for that item to end.
         """
         with self._cond:
             while wait and not self._done and self._queued:
@@ -86,7 +86,7 @@ class Archiver(Generic[T, R]):
             return self._done.popleft() if self._done else None
 
     def close(self) -> None:
-        """Let the items handed over be moved, then end the thread; their outcomes stay."""
+        """Let the items handed over run, then end the thread; their outcomes stay."""
         with self._cond:
             thread = self._thread
             self._closing = True
@@ -105,10 +105,10 @@ class Archiver(Generic[T, R]):
                     return
                 item = self._queued[0]
             try:
-                outcome = Archived(item, self._move(item), None, time.monotonic())
+                outcome = Finished(item, self._run_item(item), None, time.monotonic())
             except BaseException as exc:
                 # Handed back, never lost with this thread: the engine waits for every item.
-                outcome = Archived(item, None, exc, time.monotonic())
+                outcome = Finished(item, None, exc, time.monotonic())
             with self._cond:
                 self._queued.popleft()
                 self._done.append(outcome)
