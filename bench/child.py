@@ -6,7 +6,8 @@ line ``BENCH-RESULT {json}``: wall time from building the engine to closing it, 
 the process (every thread) over the same span, peak RSS, and what the monitor reported.
 
 Spec keys: ``config`` (the configuration dict), ``max_passes``, ``pause_after_first`` (stop
-taking jobs once one completed: the backlog row), ``time_scan`` (time one more
+taking jobs once the first is recorded completed, on its way to the archive: the backlog row;
+a job whose transfer is under way then still finishes), ``time_scan`` (time one more
 ``scanner.scan`` afterwards), ``snapshots`` (time ``monitor.snapshot()`` that many times
 afterwards), ``control_socket`` (a path: also time the control socket's snapshot),
 ``wait_for_go`` (print ``ready`` and wait for a line on stdin: the fleet row),
@@ -92,22 +93,25 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     def on_event(event: Any) -> None:
         nonlocal completed
         now = time.perf_counter() - t0
-        first = False
+        pause = False
         with lock:
             if event.kind in (EventKind.PHASE, EventKind.COMPLETED, EventKind.RETRY,
                               EventKind.QUARANTINED):
                 close_phase(event.event_id, now)
             if event.kind is EventKind.PHASE:
                 marks.setdefault("first_phase", now)
-                current[event.event_id] = (str(event.data.get("phase")), now)
+                phase = str(event.data.get("phase"))
+                current[event.event_id] = (phase, now)
+                if phase == "archive" and "first_archiving" not in marks:
+                    marks["first_archiving"] = now
+                    pause = True
             elif event.kind is EventKind.COMPLETED:
                 completed += 1
                 if "first_completed" not in marks:
                     marks["first_completed"] = now
                     out["rss_at_first_completed"] = _current_rss_bytes()
-                    first = True
         # Outside the lock: pause() publishes an event of its own, to this very callback.
-        if first and spec.get("pause_after_first"):
+        if pause and spec.get("pause_after_first"):
             engine.pause()
 
     engine.monitor.subscribe(on_event)

@@ -136,8 +136,11 @@ def _cleanup(ctx: Context, pg: PostgresEndpoint | None, sftp: SftpDirs | None,
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _expect_completed(result: dict[str, Any], count: int, what: str) -> None:
-    if result.get("completed") != count:
+def _expect_completed(result: dict[str, Any], count: int, what: str, *,
+                      up_to: int | None = None) -> None:
+    """Raise unless ``count`` events (or up to ``up_to``) completed."""
+    completed = result.get("completed")
+    if not isinstance(completed, int) or not count <= completed <= (up_to or count):
         problems = "\n".join(log_problems(result.get("log", ""))) or "(no warnings logged)"
         raise ChildFailed(f"{what}: {result.get('completed')} of {count} events completed "
                           f"(outcomes {result.get('outcomes')}); log {result.get('log')}:\n"
@@ -365,7 +368,9 @@ def _small_baseline(ctx: Context, src: Path, ids: list[str]) -> dict[str, Any]:
 
 
 def _per_event_phases(runs: list[dict[str, Any]], n: int) -> str:
-    """Milliseconds per event in each phase, medians over the runs."""
+    """Milliseconds per event from entering each phase to entering the next, medians over the
+    runs. With one worker neighbouring jobs overlap, so these add up to more than the wall
+    time per event: each includes the other jobs' work done meanwhile."""
     names = {"store_metadata": "record", "transfer": "transfer", "mark_completed": "complete",
              "archive": "archive"}
     parts = []
@@ -419,7 +424,7 @@ def row_small_events(ctx: Context) -> RowResult:
             Line("2", "time vs OpenSSH sftp -b (no DB), 1 worker", up_time, floor_time, "s",
                  up_time / floor_time, "<= 1.3x floor", up_time / floor_time <= 1.3,
                  f"median of {ctx.scale.small_reps}; uploader includes its database work; "
-                 f"per event {phases}"),
+                 f"per event, phase to phase (jobs overlap) {phases}"),
             Line("2", "CPU seconds for the batch", up_cpu, floor_cpu, "s", up_cpu / floor_cpu,
                  "", None, "uploader process vs sftp + ssh processes"),
         ]
@@ -446,7 +451,9 @@ def row_backlog(ctx: Context) -> RowResult:
         spec = {"config": _settled_config(site), "pause_after_first": True, "snapshots": 5,
                 "control_socket": str(socket_path), "time_scan": True}
         result = run_child(spec, site.root, "backlog")
-        _expect_completed(result, 1, "row 3")
+        # Paused once the first job completed; with one worker the next job's transfer is
+        # already under way then, and it finishes.
+        _expect_completed(result, 1, "row 3", up_to=2)
         marks = result["marks"]
         discovery = marks["first_phase"] - marks["pass_started"]
         first_upload = marks["first_completed"] - marks["pass_started"]
