@@ -45,9 +45,12 @@ def test_server_fault_at_each_phase_is_retried_to_exactly_once(
         if after is None:
             fault()
         first = engine.run_once()
-        # The first job fails in the expected phase and the pass stops there.
-        assert [(r.event_id, r.outcome, r.phase) for r in first] == [
+        # The first job fails in the expected phase and the pass stops there. The next job
+        # may have been recorded while evt_0 was transferring (one worker overlaps them); it
+        # is then left for the next pass too, never transferred.
+        assert [(r.event_id, r.outcome, r.phase) for r in first[:1]] == [
             ("evt_0", Outcome.RETRY, phase)]
+        assert [(r.event_id, r.outcome) for r in first[1:]] in ([], [("evt_1", Outcome.RETRY)])
         assert snapshot(site.pending) == originals, "local files must stay untouched"
         target.start()
         second = engine.run_once()
