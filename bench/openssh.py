@@ -11,12 +11,15 @@ from pathlib import Path
 
 from servers import SftpEndpoint
 
+from .child import machine_busy_seconds
+
 
 @dataclass
 class Measured:
     wall: float
     cpu: float  # user + system seconds of sftp and the ssh it runs
     cipher: str | None = None
+    machine_cpu: float = 0.0  # busy seconds of every core meanwhile: sshd's share included
 
 
 def _quote(path: str) -> str:
@@ -42,9 +45,11 @@ def batch_put(endpoint: SftpEndpoint, pairs: list[tuple[Path, str]], batch_file:
         f"{endpoint.username}@{endpoint.host}",
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine0 = machine_busy_seconds()
     started = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     wall = time.perf_counter() - started
+    machine_cpu = machine_busy_seconds() - machine0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         tail = "\n".join(line for line in result.stderr.splitlines()
@@ -52,4 +57,5 @@ def batch_put(endpoint: SftpEndpoint, pairs: list[tuple[Path, str]], batch_file:
         raise RuntimeError(f"sftp -b failed with status {result.returncode}: {tail}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     match = re.search(r"kex: client->server cipher: (\S+)", result.stderr)
-    return Measured(wall=wall, cpu=cpu, cipher=match.group(1) if match else None)
+    return Measured(wall=wall, cpu=cpu, cipher=match.group(1) if match else None,
+                    machine_cpu=machine_cpu)
