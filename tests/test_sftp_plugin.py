@@ -813,7 +813,7 @@ def test_aes_gcm_uploads_build_their_packets_on_the_lean_path(
     assert stats.data_bytes >= job.video_size  # every write request, headers included
     assert stats.packets >= job.video_size // (32 * 1024)  # sshd's largest channel packet
     assert stats.keys == 1
-    # Each write request's packets (the data of about 128 KiB) reach the socket in one call.
+    # Each write request's packets (up to about 256 KiB of data) reach the socket in one call.
     assert stats.writes <= stats.packets / 3
     # Numbered like every other packet since the keys were set (GCM's nonce does not show it).
     assert vars(transport.packetizer)["_Packetizer__sequence_number_out"] > stats.packets
@@ -994,6 +994,24 @@ def test_a_full_remote_disk_is_endpoint_unavailable(
     assert not (hosted.root / "videos" / "evt_full.mp4").exists()
     hosted.quota_bytes = None
     assert_uploaded(hosted.endpoint, transfer(plugin, job), job)
+
+
+def test_an_upload_never_continues_past_a_write_the_server_refused(
+        hosted: AsyncsshSftpServer, make_plugin: PluginFactory, tmp_path: Path) -> None:
+    plugin = make_plugin(hosted_section(hosted))
+    job = write_job(tmp_path, "evt_gap", 6 * MiB + 4321)
+    # One write fails as on a full disk; the ones already sent behind it are stored: the
+    # temporary file has a gap that sampling its blocks need not find.
+    hosted.refuse_one_write_from = 2 * MiB
+
+    with pytest.raises(EndpointUnavailable, match="disk full"):
+        transfer(plugin, job)
+    progress: list[int] = []
+    receipt = transfer(plugin, job, lambda done, total: progress.append(done))
+
+    assert_uploaded(hosted.endpoint, receipt, job)
+    # Every byte from the refused write on was sent again (writes are at most 256 KiB).
+    assert min(progress) <= 2 * MiB + 256 * 1024, progress[:3]
 
 
 def test_a_server_that_loses_writes_is_caught_by_the_size_check(

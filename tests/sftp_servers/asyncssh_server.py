@@ -9,10 +9,12 @@ background thread and behaves the way many hosted SFTP services do:
   unsupported";
 - a plain rename onto an existing file is refused (SFTPv3 "Failure").
 
-Two faults can be injected: ``quota_bytes`` makes writes past that total fail the way a full
-disk does on OpenSSH (a bare "Failure"), and ``lose_writes_after`` makes the server
-acknowledge writes past that offset without storing them (a broken server the client must
-catch by checking sizes). ``operations`` records the rename-related requests it saw.
+Three faults can be injected: ``quota_bytes`` makes writes past that total fail the way a full
+disk does on OpenSSH (a bare "Failure"), ``refuse_one_write_from`` makes the first write at or
+beyond that offset fail the same way while the writes behind it succeed (space freed a moment
+later: the file gets a gap), and ``lose_writes_after`` makes the server acknowledge writes past
+that offset without storing them (a broken server the client must catch by checking sizes).
+``operations`` records the rename-related requests it saw.
 
 Only the server's behaviour is customised, by subclassing :class:`asyncssh.SFTPServer`; the
 protocol is asyncssh's.
@@ -60,6 +62,10 @@ class HostedStyleSFTPServer(asyncssh.SFTPServer):
         owner = self._owner
         if owner.lose_writes_after is not None and offset + len(data) > owner.lose_writes_after:
             return len(data)  # acknowledged, not stored
+        with owner.lock:
+            if owner.refuse_one_write_from is not None and offset >= owner.refuse_one_write_from:
+                owner.refuse_one_write_from = None
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if owner.quota_bytes is not None:
             with owner.lock:
                 if owner.written + len(data) > owner.quota_bytes:
@@ -79,6 +85,7 @@ class AsyncsshSftpServer:
         self.operations: list[tuple[str, str, str]] = []
         self.quota_bytes: int | None = None
         self.lose_writes_after: int | None = None
+        self.refuse_one_write_from: int | None = None
         self.written = 0
         self.lock = threading.Lock()
         self._host_key = asyncssh.generate_private_key("ssh-ed25519")

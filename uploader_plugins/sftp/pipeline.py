@@ -114,7 +114,10 @@ class Pipeline:
 
     def status(self, num: int) -> None:
         """Wait for a request answered by a status; raise if it is not "OK"."""
-        kind, msg = self.wait(num)
+        self.check_status(*self.wait(num))
+
+    def check_status(self, kind: int, msg: Message) -> None:
+        """Raise unless an answer (from :meth:`wait`) is the status "OK"."""
         if kind != CMD_STATUS:
             raise paramiko.SFTPError("Expected status")
         self._raise_status(msg)
@@ -168,8 +171,12 @@ class RemoteFile:
     def __init__(self, pipeline: Pipeline, handle: bytes) -> None:
         self._pipeline = pipeline
         self._handle = handle
-        self._writes: deque[int] = deque()
+        self._writes: deque[tuple[int, int]] = deque()  # (request, offset), unchecked
         self.close_sent = False
+        # Where the first write the server answered with an error began. Writes sent behind
+        # it may still have succeeded, leaving a gap in the file: it must not be continued
+        # beyond this point.
+        self.refused_at: int | None = None
 
     def truncate(self) -> None:
         """Empty the file (waits for the answer)."""
@@ -180,12 +187,21 @@ class RemoteFile:
     def write(self, offset: int, data: memoryview) -> None:
         """Send ``data`` for ``offset``; raise the error of any earlier write answered since."""
         pipeline = self._pipeline
-        self._writes.append(pipeline.send_write(self._handle, offset, data))
+        self._writes.append((pipeline.send_write(self._handle, offset, data), offset))
         pipeline.poll()
         writes = self._writes
-        while writes and (pipeline.answered(writes[0])
+        while writes and (pipeline.answered(writes[0][0])
                           or len(writes) > MAX_UNCHECKED_WRITES):
-            pipeline.status(writes.popleft())
+            self._check(*writes.popleft())
+
+    def _check(self, num: int, offset: int) -> None:
+        answer = self._pipeline.wait(num)  # a lost connection raises here, as it is
+        try:
+            self._pipeline.check_status(*answer)
+        except BaseException:
+            if self.refused_at is None:
+                self.refused_at = offset
+            raise
 
     def finish(self) -> tuple[int, int]:
         """Send a size query and the close behind the last write, without waiting.
@@ -201,7 +217,7 @@ class RemoteFile:
     def check_writes(self) -> None:
         """Wait for the answer to every write still unchecked; raise the first error."""
         while self._writes:
-            self._pipeline.status(self._writes.popleft())
+            self._check(*self._writes.popleft())
 
     def close(self) -> None:
         """Close the handle now, unless that was already sent; waits for the answer."""

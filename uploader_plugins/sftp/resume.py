@@ -62,6 +62,12 @@ class Checkpoints:
     every: int
     states: dict[int, hashlib._Hash] = field(default_factory=dict)
     last: int = 0  # the largest offset in states, 0 if none
+    # An earlier attempt had a write refused here: the server's temporary file may have a gap
+    # from this offset on, however its sampled blocks compare. None when none was refused.
+    refused_at: int | None = None
+
+    def refused(self, offset: int) -> None:
+        self.refused_at = offset if self.refused_at is None else min(self.refused_at, offset)
 
     def record(self, offset: int, hasher: hashlib._Hash) -> None:
         """Keep a copy of ``hasher`` (which has seen ``offset`` bytes) if one is due."""

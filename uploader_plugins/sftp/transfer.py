@@ -15,7 +15,7 @@ Why it is written this way:
   the JSON is written right behind the video. A job then costs four round trips (the opens,
   the finishes, and one rename per file) whatever its size. The renames are not pipelined:
   the JSON, which consumers take as the trigger, is renamed only once the video is in place.
-  Writes are as large as the server's ``limits@openssh.com`` allows, up to about 128 KiB in
+  Writes are as large as the server's ``limits@openssh.com`` allows, up to about 256 KiB in
   whole channel packets and whole pages; a server that gives no limit gets requests that fit
   one 32 KiB channel packet (paramiko's own 32 KiB requests overflow it by the request
   header, doubling the packets).
@@ -67,8 +67,9 @@ DESTINATION = "sftp"
 _WRITE_HEADER = 4 + 1 + 4 + (4 + 256) + 8 + 4
 _CHANNEL_SPARE = 64
 _MAX_WRITE = 32768  # what every server accepts, and what a server that gives no limit gets
-# Larger writes mean fewer requests and answers; beyond about this, throughput drops again.
-_TARGET_WRITE = 128 * 1024
+# Larger writes mean fewer requests, and fewer answers for the transport's thread to decrypt
+# and parse; OpenSSH's server takes up to 256 KiB less a header (limits@openssh.com).
+_TARGET_WRITE = 256 * 1024
 _PAGE = 4096
 _READ_SIZE = 1 << 20
 
@@ -157,6 +158,8 @@ class Transfer:
                 self._check_complete(pipeline, json_remote, json_finish, json_file,
                                      job.json_size)
             except BaseException:
+                if remotes and remotes[0].refused_at is not None:
+                    self._hashes.recorder(key, job.video_size).refused(remotes[0].refused_at)
                 # Leave the partial files: they are under their temporary names, harmless,
                 # and the next attempt resumes the video. Close them only while the
                 # connection is healthy (an interrupted job, a local read error); a broken
@@ -202,6 +205,10 @@ class Transfer:
         can; its hash."""
         checkpoints = self._hashes.recorder(key, size)
         offset = self._resume_point(video, size, file, partial)
+        if checkpoints.refused_at is not None and offset > checkpoints.refused_at:
+            log.info("%s: continuing at byte %d, where the server refused a write before, "
+                     "not at %d", file.temporary, checkpoints.refused_at, offset)
+            offset = checkpoints.refused_at
         if partial > size:
             with self._op(file.op("emptying")):
                 remote.truncate()
