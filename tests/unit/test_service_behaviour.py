@@ -119,6 +119,16 @@ def test_directories_change_only_with_a_restart(
     assert "pending_upload_dir changed; it takes effect after a restart" in caplog.text
 
 
+def test_the_number_of_workers_changes_only_with_a_restart(
+    reloadable: tuple[DataUploader, dict[str, Any]], caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, current = reloadable
+    current["uploader"]["workers"] = 3
+    assert engine.reload() is True
+    assert engine.settings["workers"] == 1
+    assert "uploader.workers changed; it takes effect after a restart" in caplog.text
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
