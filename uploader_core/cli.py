@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import logs, status
+from . import logs, signals, status
 from .config import apply_environment, load_file
 from .control import ControlServer
 from .control_client import ControlConnection, ControlError, EngineNotRunning, PermissionDenied
@@ -83,30 +83,40 @@ def _engine(args: argparse.Namespace) -> DataUploader:
     return DataUploader(config, reload_config=reread)
 
 
-def _run(engine: DataUploader, once: bool) -> int:
-    if not once:
-        server = None
+def _serve(engine: DataUploader) -> int:
+    server = None
+    try:
+        engine.claim_queue()  # before the socket: the queue is what must not be shared
+    except BaseException:
+        engine.close()
+        raise
+    if engine.settings["control"]["enabled"]:
         try:
-            engine.claim_queue()  # before the socket: the queue is what must not be shared
+            server = ControlServer.for_engine(engine)
+            server.start()
         except BaseException:
             engine.close()
             raise
-        if engine.settings["control"]["enabled"]:
-            try:
-                server = ControlServer.for_engine(engine)
-                server.start()
-            except BaseException:
-                engine.close()
-                raise
-        metrics = Metrics.for_engine(engine)
+    metrics = Metrics.for_engine(engine)
+    try:
+        metrics.start()
+        engine.run(handle_signals=False)
+    finally:
+        metrics.close()
+        if server is not None:
+            server.close()
+    return EXIT_OK
+
+
+def _run(engine: DataUploader, once: bool) -> int:
+    if not once:
+        # Before anything shows that the service is up (the queue's lock, the socket): a
+        # SIGHUP or SIGTERM from then on is a reload or a stop, never the default kill.
+        restore = signals.install(engine.request_stop, engine.request_reload)
         try:
-            metrics.start()
-            engine.run()
+            return _serve(engine)
         finally:
-            metrics.close()
-            if server is not None:
-                server.close()
-        return EXIT_OK
+            restore()
     metrics = Metrics.for_engine(engine)
     with engine:
         metrics.start()

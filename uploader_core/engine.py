@@ -188,13 +188,16 @@ class DataUploader:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run(self) -> None:
+    def run(self, *, handle_signals: bool = True) -> None:
         """The service loop: scan, process each job, sleep; until :meth:`request_stop`.
 
-        SIGTERM and SIGINT request a stop when ``run`` is called from the main thread.
+        SIGTERM and SIGINT request a stop, and SIGHUP a reload, when ``run`` is called from
+        the main thread; ``handle_signals=False`` leaves that to a caller that routed the
+        signals already (see :func:`uploader_core.signals.install`).
         """
         self.claim_queue()
-        restore = signals.install(self.request_stop, self.request_reload)
+        restore = (signals.install(self.request_stop, self.request_reload) if handle_signals
+                   else (lambda: None))
         watcher = self._start_watcher()
         unsubscribe = self.monitor.subscribe(lambda event: self.systemd.ping())
         log.info("uploader started: watching %s (plugins: %s)", self.pending_dir,
