@@ -350,9 +350,13 @@ class DataUploader:
             # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog; not
             # during a transfer, so that no plugin is reconfigured while it works.
             self._settle_in_flight()
-            self._reload.clear()
-            self.reload()
+            self._reload_now()
         return True
+
+    def _reload_now(self) -> None:
+        """Apply the reload asked for during the pass (no transfer is under way)."""
+        self._reload.clear()
+        self.reload()
 
     def _run_sequentially(self, candidates: list[Candidate], results: list[JobResult]) -> None:
         """Jobs one at a time, oldest first, each phase of a job after the one before it.
@@ -605,8 +609,7 @@ class DataUploader:
         try:
             receipts = self._transfer(recorded)
         except Exception as exc:
-            return self._failed(job.event_id, Phase.TRANSFER, exc,
-                                [job.video_path, job.json_path], progressed=recorded.progressed)
+            return self._transfer_failed(recorded, exc)
         return self._complete(recorded, receipts)
 
     def _record(self, job: Job) -> _Recorded | JobResult | None:
@@ -686,9 +689,8 @@ class DataUploader:
                 raise _PassStopped(self._not_transferred(start, "the pass stopped")) from stopped
         if start is not None and transfers is not None:
             if self._reload.is_set():
-                # No transfer is under way: the new settings apply from this job on.
-                self._reload.clear()
-                self.reload()
+                # Asked for since this job was recorded: it applies from this transfer on.
+                self._reload_now()
             self.monitor.phase(start.job.event_id, Phase.TRANSFER.value)
             self._in_flight = start
             transfers.submit(start)
@@ -697,14 +699,17 @@ class DataUploader:
 
     def _after_transfer(self, recorded: _Recorded,
                         done: Finished[_Recorded, list[TransferReceipt]]) -> JobResult | None:
-        job = recorded.job
         if done.error is None:
             assert done.value is not None
             return self._complete(recorded, done.value)
         if not isinstance(done.error, Exception):
             raise done.error  # KeyboardInterrupt and the like end the pass as they would inline
-        return self._failed(job.event_id, Phase.TRANSFER, done.error,
-                            [job.video_path, job.json_path], progressed=recorded.progressed)
+        return self._transfer_failed(recorded, done.error)
+
+    def _transfer_failed(self, recorded: _Recorded, exc: Exception) -> JobResult:
+        job = recorded.job
+        return self._failed(job.event_id, Phase.TRANSFER, exc, [job.video_path, job.json_path],
+                            progressed=recorded.progressed)
 
     def _not_transferred(self, recorded: _Recorded, why: str) -> JobResult:
         """A job recorded pending whose transfer never started: it is tried again later."""

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from engine_rig import all_bytes, base_config
 
-from uploader_core import DataUploader, Job, Outcome, PermanentJobError, hookimpl
+from uploader_core import (
+    DataUploader,
+    EndpointUnavailable,
+    Job,
+    Outcome,
+    PermanentJobError,
+    hookimpl,
+)
 from uploader_core.job import ProgressCallback, RecordState, TransferReceipt
 from uploader_core.testing import MemoryRemote, memory_plugins, write_package
 
@@ -193,3 +200,27 @@ def test_with_several_workers_each_job_runs_on_one_worker_thread(tmp_path: Path)
     for i in range(4):
         threads = {thread for _, job, thread in timeline.entries if job == f"evt_{i}"}
         assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_a_package_to_quarantine_behind_a_failed_transfer_waits_untouched(
+        tmp_path: Path) -> None:
+    store, remote, plugins = memory_plugins()
+    engine = DataUploader(base_config(tmp_path), load_entry_points=False, plugins=plugins)
+    pending = tmp_path / "pending"
+    write_package(pending, "evt_0", age_seconds=60)
+    write_package(pending, "evt_1", age_seconds=59)
+    (pending / "evt_1.json").write_text("{not json")
+    before = all_bytes(pending)
+    remote.faults.fail_next(EndpointUnavailable("sftp down", endpoint="sftp"))
+    with engine:
+        # evt_1's quarantine waits for evt_0's transfer, whose failure stops the pass.
+        first = engine.run_once()
+        assert [(r.event_id, r.outcome) for r in first] == [("evt_0", Outcome.RETRY)]
+        assert all_bytes(pending) == before
+        assert not any((tmp_path / "failed").iterdir())
+        second = engine.run_once()
+
+    assert [(r.event_id, r.outcome) for r in second] == [
+        ("evt_0", Outcome.COMPLETED), ("evt_1", Outcome.QUARANTINED)]
+    assert (tmp_path / "failed" / "evt_1.json").read_bytes() == before["evt_1.json"]
+    assert store.records["evt_0"].status == "completed"

@@ -97,7 +97,7 @@ _SEQUENCE_MASK = 0xFFFFFFFF
 # writes what it has buffered at once.
 _BATCH_BYTES = 256 * 1024
 # What paramiko keeps spare in each channel packet for the packet's own header.
-_CHANNEL_SPARE = 64
+CHANNEL_SPARE = 64
 
 _encrypt_into_available = hasattr(AESGCM, "encrypt_into")  # cryptography >= 45
 
@@ -367,8 +367,8 @@ def _clear_to_send(transport: Any) -> bool:
 def _send_all_through_paramiko(chan: Any, pieces: tuple[memoryview, ...]) -> None:
     # The first piece (a request's header) goes out with the start of the next, in one packet,
     # rather than as a small packet of its own.
-    if len(pieces) > 1 and len(pieces[0]) < chan.out_max_packet_size - _CHANNEL_SPARE:
-        room = chan.out_max_packet_size - _CHANNEL_SPARE - len(pieces[0])
+    if len(pieces) > 1 and len(pieces[0]) < chan.out_max_packet_size - CHANNEL_SPARE:
+        room = chan.out_max_packet_size - CHANNEL_SPARE - len(pieces[0])
         joined = memoryview(bytes(pieces[0]) + bytes(pieces[1][:room]))
         pieces = (joined, pieces[1][room:], *pieces[2:])
     for piece in pieces:

@@ -53,6 +53,7 @@ from uploader_core.job import Job, ProgressCallback, TransferReceipt
 
 from .connection import Interrupter, Session
 from .failures import RemoteOp, is_sftp_status, translate
+from .fastsend import CHANNEL_SPARE
 from .pipeline import Pipeline, RemoteFile
 from .resume import Checkpoints, FileKey, PrefixHashes, sample_blocks
 from .settings import SftpSettings, setting
@@ -65,7 +66,6 @@ DESTINATION = "sftp"
 # An SFTP WRITE request: length, type, id, handle (length + at most 256 bytes by the
 # protocol), offset, data length. paramiko keeps 64 bytes of each channel packet spare.
 _WRITE_HEADER = 4 + 1 + 4 + (4 + 256) + 8 + 4
-_CHANNEL_SPARE = 64
 _MAX_WRITE = 32768  # what every server accepts, and what a server that gives no limit gets
 # Larger writes mean fewer requests, and fewer answers for the transport's thread to decrypt
 # and parse; OpenSSH's server takes up to 256 KiB less a header (limits@openssh.com).
@@ -385,7 +385,7 @@ class Transfer:
                       session.write_limit)
         channel = session.sftp.get_channel()
         packet = channel.out_max_packet_size if channel is not None else _MAX_WRITE
-        payload = packet - _CHANNEL_SPARE
+        payload = packet - CHANNEL_SPARE
         limit = session.write_limit
         packets = max(1, min(limit, _TARGET_WRITE) // payload)
         piece = min(limit, packets * payload - _WRITE_HEADER)
