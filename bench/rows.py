@@ -138,7 +138,10 @@ def _cleanup(ctx: Context, pg: PostgresEndpoint | None, sftp: SftpDirs | None,
     if sftp is not None:
         shutil.rmtree(sftp.local_dir, ignore_errors=True)
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
