@@ -24,6 +24,7 @@ import logging
 import os
 import selectors
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -103,8 +104,9 @@ class StallGuardSocket(socket.socket):
     stall timeout, which paramiko reports as a lost connection.
     """
 
-    def __init__(self, family: int, kind: int, proto: int, stall_timeout: float) -> None:
-        super().__init__(family, kind, proto)
+    def __init__(self, family: int, kind: int, proto: int, stall_timeout: float,
+                 fileno: int | None = None) -> None:
+        super().__init__(family, kind, proto, fileno)
         self.stall_timeout = stall_timeout
         self.stalled = False
         self._stalled_since: float | None = None
@@ -129,11 +131,16 @@ class StallGuardSocket(socket.socket):
 
 @dataclass
 class Session:
-    """An authenticated SSH transport and its SFTP session, used by one thread at a time."""
+    """An authenticated SSH connection and its SFTP session, used by one thread at a time.
+
+    The SSH layer is either paramiko's ``transport`` in this process, or OpenSSH's client in
+    ``process`` (:mod:`.openssh`), with ``sock`` the local end of its standard input and output.
+    """
 
     sock: StallGuardSocket
-    transport: paramiko.Transport
     sftp: paramiko.SFTPClient
+    transport: paramiko.Transport | None = None
+    process: subprocess.Popen[bytes] | None = None
     # Learnt on this connection: None until a rename showed whether posix-rename works.
     posix_rename: bool | None = None
     # Learnt on this connection: the largest write the server accepts; None until asked.
@@ -144,11 +151,17 @@ class Session:
 
     @property
     def cipher(self) -> str:
-        return self.transport.local_cipher
+        if self.transport is not None:
+            return self.transport.local_cipher
+        return "negotiated by OpenSSH"
 
     def alive(self) -> bool:
         channel = self.sftp.get_channel()
-        return (not self.broken and not self.sock.stalled and self.transport.is_active()
+        if self.transport is not None:
+            ssh_alive = self.transport.is_active()
+        else:
+            ssh_alive = self.process is not None and self.process.poll() is None
+        return (not self.broken and not self.sock.stalled and ssh_alive
                 and channel is not None and not channel.closed)
 
     def close(self) -> None:
@@ -163,6 +176,21 @@ class Session:
         with suppress(Exception):
             self.sftp.close()
         close_transport(self.transport, self.sock)
+        if self.process is not None:
+            end_process(self.process)
+
+
+def end_process(process: subprocess.Popen[bytes]) -> None:
+    """Let an SSH client process that has lost its input exit; end it if it does not."""
+    for stop, seconds in ((None, 0.5), (process.terminate, 2.0), (process.kill, 2.0)):
+        if stop is not None:
+            with suppress(OSError):
+                stop()
+        try:
+            process.wait(seconds)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def close_transport(transport: paramiko.Transport | None, sock: socket.socket) -> None:
@@ -402,7 +430,7 @@ def connect(settings: SftpSettings, key: paramiko.PKey, interrupter: Interrupter
         interrupter.unregister(sock)
         close_transport(transport, sock)
         raise
-    session = Session(sock=sock, transport=transport, sftp=sftp)
+    session = Session(sock=sock, sftp=sftp, transport=transport)
     log.info("connected to SFTP server %s as %s (%s, cipher %s)", settings.address,
              settings.username, transport.remote_version, session.cipher)
     return session

@@ -303,6 +303,10 @@ def send_all(channel: paramiko.Channel, *pieces: memoryview) -> None:
     :class:`EOFError` if the channel closes first. The lean path where the connection allows
     it, ``channel.send`` otherwise."""
     chan = cast(Any, channel)
+    send_pieces = getattr(chan, "send_pieces", None)
+    if send_pieces is not None:  # not paramiko's channel: a local pipe (see .openssh)
+        send_pieces(pieces)
+        return
     transport = chan.transport
     sender = _sender(transport) if transport is not None else None
     if sender is None or not sender.applies() or not _has_all(chan, _CHANNEL_NEEDS):

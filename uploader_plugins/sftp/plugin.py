@@ -23,23 +23,31 @@ import logging
 import posixpath
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
 import paramiko
 
-from uploader_core.config import Section
+from uploader_core.config import Section, resolve_secret
 from uploader_core.errors import ConfigurationError, Interrupted, PermanentJobError, UploaderError
 from uploader_core.job import CheckResult, Job, ProgressCallback, TransferReceipt
 from uploader_core.plugin import hookimpl
 
-from . import connection, hostkeys
+from . import connection, hostkeys, openssh
 from .connection import Interrupter, Session
 from .failures import ConnectionLost, RemoteOp, is_sftp_status, translate
 from .resume import PrefixHashes
-from .settings import PREFIX, SftpSettings, config_sections, load_private_key, setting
+from .settings import (
+    OPENSSH,
+    PREFIX,
+    SECTION,
+    SftpSettings,
+    config_sections,
+    load_private_key,
+    setting,
+)
 from .throttle import RateLimiter
 from .transfer import Transfer, temporary_name
 
@@ -74,7 +82,8 @@ class SftpPlugin:
 
     def __init__(self) -> None:
         self._settings: SftpSettings | None = None
-        self._key: paramiko.PKey | None = None
+        self._key: paramiko.PKey | None = None  # None with transport openssh
+        self._key_identity = b""
         self._session: Session | None = None
         self._interrupter = Interrupter()
         self._limiter = RateLimiter()
@@ -101,13 +110,20 @@ class SftpPlugin:
         # Everything is read and checked before anything changes: a reload that fails keeps
         # the plugin on its old settings.
         settings = SftpSettings.from_config(config)
-        key = load_private_key(config, settings.key_path)
-        old, old_key = self._settings, self._key
-        self._settings, self._key = settings, key
+        key: paramiko.PKey | None
+        if settings.transport == OPENSSH:
+            # OpenSSH reads the key itself, at each connection.
+            openssh.check_key(settings, resolve_secret(config[SECTION], "ssh_key_passphrase",
+                                                       PREFIX))
+            key, key_identity = None, b""
+        else:
+            key = load_private_key(config, settings.key_path)
+            key_identity = key.asbytes()
+        old, old_identity = self._settings, self._key_identity
+        self._settings, self._key, self._key_identity = settings, key, key_identity
         self._limiter.set_rate(settings.bandwidth_bytes_per_second)
-        if old is not None and old_key is not None and (
-                old.connection_settings != settings.connection_settings
-                or old_key.asbytes() != key.asbytes()):
+        if old is not None and (old.connection_settings != settings.connection_settings
+                                or old_identity != key_identity):
             if self._session is not None:
                 log.info("SFTP connection settings changed; the connection to %s will be "
                          "made again", old.address)
@@ -254,6 +270,9 @@ class SftpPlugin:
         except ConfigurationError as exc:
             failed(0, exc)
             return
+        if key is None:
+            self._check_openssh(settings, results, failed)
+            return
         interrupter = self._interrupter
         sock: connection.StallGuardSocket | None = None
         transport: paramiko.Transport | None = None
@@ -295,7 +314,7 @@ class SftpPlugin:
             results.append(CheckResult(
                 name=CHECK_AUTH, ok=True,
                 detail=f"as {settings.username!r} with {settings.key_path}"))
-            session = Session(sock=sock, transport=transport, sftp=sftp)
+            session = Session(sock=sock, sftp=sftp, transport=transport)
             for name, dir_key in ((CHECK_VIDEO_DIR, "remote_video_dir"),
                                   (CHECK_JSON_DIR, "remote_json_dir")):
                 results.append(self._probe(session, settings, name, dir_key))
@@ -303,6 +322,38 @@ class SftpPlugin:
             if sock is not None:
                 interrupter.unregister(sock)
                 connection.close_transport(transport, sock)
+
+    def _check_openssh(self, settings: SftpSettings, results: list[CheckResult],
+                       failed: Callable[[int, BaseException], None]) -> None:
+        """The same checks when OpenSSH's client connects: it connects, checks the host key
+        and authenticates in one go, so a failure is placed by the setting it names."""
+        try:
+            session = openssh.connect(settings, self._interrupter)
+        except UploaderError as exc:
+            stage = {setting("known_hosts_path"): 1, setting("ssh_key_path"): 2,
+                     setting("username"): 2}.get(exc.setting or "", 0)
+            passed = [(CHECK_CONNECT, f"{settings.address}: reached by OpenSSH's client"),
+                      (CHECK_HOST_KEY, f"accepted by OpenSSH against "
+                                       f"{settings.known_hosts_path}")][:stage]
+            results.extend(CheckResult(name=name, ok=True, detail=detail)
+                           for name, detail in passed)
+            failed(stage, exc)
+            return
+        try:
+            results.append(CheckResult(name=CHECK_CONNECT, ok=True,
+                                       detail=f"{settings.address}: by OpenSSH's client"))
+            results.append(CheckResult(name=CHECK_HOST_KEY, ok=True,
+                                       detail=f"accepted by OpenSSH against "
+                                              f"{settings.known_hosts_path}"))
+            results.append(CheckResult(name=CHECK_AUTH, ok=True,
+                                       detail=f"as {settings.username!r} with "
+                                              f"{settings.key_path}"))
+            for name, dir_key in ((CHECK_VIDEO_DIR, "remote_video_dir"),
+                                  (CHECK_JSON_DIR, "remote_json_dir")):
+                results.append(self._probe(session, settings, name, dir_key))
+        finally:
+            self._interrupter.unregister(session.sock)
+            session.close()
 
     def _probe(self, session: Session, settings: SftpSettings, name: str,
                dir_key: str) -> CheckResult:
@@ -330,11 +381,17 @@ class SftpPlugin:
 
     # --- the session
 
-    def _configured(self) -> tuple[SftpSettings, paramiko.PKey]:
-        if self._settings is None or self._key is None:
+    def _configured(self) -> tuple[SftpSettings, paramiko.PKey | None]:
+        if self._settings is None:
             raise ConfigurationError("the SFTP plugin was used before it was configured",
                                      setting=PREFIX)
         return self._settings, self._key
+
+    def _connect(self) -> Session:
+        settings, key = self._configured()
+        if key is None:
+            return openssh.connect(settings, self._interrupter)
+        return connection.connect(settings, key, self._interrupter)
 
     def _use_session(self) -> tuple[Session, bool]:
         """The kept session if it is still alive, else a new one; and whether it was kept."""
@@ -348,8 +405,7 @@ class SftpPlugin:
             log.info("the SFTP connection to %s was lost; reconnecting",
                      self._configured()[0].address)
             self._drop_session()
-        settings, key = self._configured()
-        session = connection.connect(settings, key, self._interrupter)
+        session = self._connect()
         self.connections_made += 1
         self._session = session
         self._cleanup_deferred = False

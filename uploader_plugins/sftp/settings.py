@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,9 @@ PREFIX = f"uploader.{SECTION}"
 
 STRICT = "strict"
 ACCEPT_NEW = "accept-new"
+
+PARAMIKO = "paramiko"
+OPENSSH = "openssh"
 
 # AES-GCM first: it needs no separate MAC pass, and it is what makes paramiko about as fast as
 # OpenSSH's own client on CPUs with AES instructions. CTR follows for servers without GCM.
@@ -72,6 +77,11 @@ def config_sections() -> dict[str, Section]:
                                      minimum=0.1),
             "ciphers": Field(list, list(DEFAULT_CIPHERS),
                              "SSH ciphers in order of preference"),
+            "transport": Field(str, PARAMIKO,
+                               "paramiko: SSH in this process; openssh: OpenSSH's own client "
+                               "(ssh) carries the SFTP session, so encryption runs in C in a "
+                               "process of its own (less CPU; keys without a passphrase)",
+                               choices=(PARAMIKO, OPENSSH)),
             "bandwidth_limit_kbps": Field(
                 float, None,
                 "upload rate cap in kilobits per second (1 kbps = 1000 bit/s, so 8000 is "
@@ -90,6 +100,28 @@ def supported_ciphers() -> tuple[str, ...]:
     return tuple(names)
 
 
+def ssh_client() -> str:
+    """The path of OpenSSH's client, for ``transport: openssh``."""
+    path = shutil.which("ssh")
+    if path is None:
+        raise ConfigurationError(
+            f"{setting('transport')}: openssh needs OpenSSH's client (ssh) on PATH; install "
+            "it (Debian: openssh-client) or use paramiko",
+            setting=setting("transport"))
+    return path
+
+
+def openssh_ciphers() -> tuple[str, ...]:
+    """The cipher names the installed OpenSSH client knows (``ssh -Q cipher``)."""
+    try:
+        listed = subprocess.run([ssh_client(), "-Q", "cipher"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigurationError(f"{setting('transport')}: cannot ask ssh for its ciphers: "
+                                 f"{exc}", setting=setting("transport")) from exc
+    return tuple(listed.split())
+
+
 @dataclass(frozen=True)
 class SftpSettings:
     """The validated ``uploader.sftp`` section, with paths expanded."""
@@ -105,6 +137,7 @@ class SftpSettings:
     timeout: float
     ciphers: tuple[str, ...]
     bandwidth_limit_kbps: float = 0.0
+    transport: str = PARAMIKO
 
     @property
     def bandwidth_bytes_per_second(self) -> float:
@@ -115,7 +148,7 @@ class SftpSettings:
     def connection_settings(self) -> tuple[object, ...]:
         """Everything a connection is made with: when any of it changes, reconnect."""
         return (self.host, self.port, self.username, self.key_path, self.known_hosts_path,
-                self.host_key_policy, self.timeout, self.ciphers)
+                self.host_key_policy, self.timeout, self.ciphers, self.transport)
 
     @property
     def address(self) -> str:
@@ -138,8 +171,9 @@ class SftpSettings:
             known_hosts_path=Path(str(section["known_hosts_path"])).expanduser(),
             host_key_policy=str(section["host_key_policy"]),
             timeout=float(section["timeout_seconds"]),
-            ciphers=_ciphers(section["ciphers"]),
+            ciphers=_ciphers(section["ciphers"], str(section.get("transport") or PARAMIKO)),
             bandwidth_limit_kbps=float(section.get("bandwidth_limit_kbps") or 0),
+            transport=str(section.get("transport") or PARAMIKO),
         )
 
 
@@ -154,9 +188,9 @@ def _remote_dir(value: Any, key: str) -> str:
     return posixpath.normpath(text).replace("//", "/")
 
 
-def _ciphers(value: Any) -> tuple[str, ...]:
+def _ciphers(value: Any, transport: str) -> tuple[str, ...]:
     names = tuple(str(name) for name in (value or ()))
-    supported = supported_ciphers()
+    supported = openssh_ciphers() if transport == OPENSSH else supported_ciphers()
     if not names:
         raise ConfigurationError(
             f"{setting('ciphers')}: must name at least one cipher; supported: "

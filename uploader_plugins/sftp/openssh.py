@@ -1,0 +1,229 @@
+"""``transport: openssh``: paramiko's SFTP client over OpenSSH's own client (``ssh -s sftp``).
+
+Why: with paramiko's transport, every SSH packet is encrypted, framed and parsed in Python,
+under the GIL, on the threads that also upload, hash and talk to the database. That is most of
+the uploader's CPU per GB, and on a device with two cores it competes with the analyzer. Run
+by OpenSSH's client, the same work is done in C, in a process of its own that can use another
+core; this process only writes SFTP requests into a local socket.
+
+What stays the same: the SFTP requests (paramiko's :class:`~paramiko.SFTPClient` and this
+plugin's pipeline), resumed uploads, the bandwidth cap, a timeout on every request, and
+interrupts (the local socket is shut down, and the client exits when its input ends).
+
+What OpenSSH does instead of this plugin, from the same settings: host key checking against
+``known_hosts_path`` (``strict``: ``StrictHostKeyChecking=yes``; ``accept-new``: the same name
+in OpenSSH), key authentication with ``ssh_key_path`` only, the cipher preference, keepalives
+and re-keying. It runs with ``-F /dev/null`` (no user or system configuration), in batch mode
+(it never prompts, so the key cannot have a passphrase), and logs only errors; what it prints
+is read back to say why a connection failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import select
+import socket
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import IO
+
+import paramiko
+
+from uploader_core.errors import ConfigurationError, EndpointUnavailable, UploaderError
+
+from .connection import ENDPOINT, Interrupter, Session, StallGuardSocket, end_process
+from .settings import ACCEPT_NEW, SftpSettings, setting, ssh_client
+
+log = logging.getLogger(__name__)
+
+# OpenSSH's messages (at LogLevel ERROR) and what each means, first match wins.
+_HOST_KEY = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
+             "host key is known", "Host key for")
+_AUTH = ("Permission denied",)
+_KEY_FILE = ("UNPROTECTED PRIVATE KEY FILE", "Load key", "no such identity",
+             "bad permissions")
+_CIPHER = ("no matching cipher",)
+_SUBSYSTEM = ("subsystem request failed",)
+_REFUSED = ("Connection refused",)
+_UNRESOLVED = ("Could not resolve hostname",)
+_TIMED_OUT = ("timed out", "Connection timed out during banner exchange")
+
+
+def ssh_arguments(settings: SftpSettings) -> list[str]:
+    """The ``ssh`` command line for one SFTP session with these settings."""
+    checking = "accept-new" if settings.host_key_policy == ACCEPT_NEW else "yes"
+    timeout = max(1, math.ceil(settings.timeout))
+    return [
+        ssh_client(),
+        "-F", "/dev/null",
+        "-T", "-x", "-a",
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none",
+        "-i", str(settings.key_path),
+        "-o", f"UserKnownHostsFile={settings.known_hosts_path}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", f"StrictHostKeyChecking={checking}",
+        "-o", "UpdateHostKeys=no",
+        "-o", f"ConnectTimeout={timeout}",
+        # A silent link ends the client within about the configured timeout.
+        "-o", f"ServerAliveInterval={max(1, math.ceil(settings.timeout / 3))}",
+        "-o", "ServerAliveCountMax=3",
+        "-o", f"Ciphers={','.join(settings.ciphers)}",
+        "-o", "LogLevel=ERROR",
+        "-p", str(settings.port),
+        "-l", settings.username,
+        "-s", "--", settings.host, "sftp",
+    ]
+
+
+class PipeChannel:
+    """The parts of a paramiko ``Channel`` that the SFTP client and this plugin use, over the
+    local socket connected to the SSH client's standard input and output."""
+
+    # No paramiko transport: :func:`.fastsend.send_all` sends through :meth:`send_pieces`.
+    transport = None
+    # OpenSSH's default channel packet size (CHAN_SES_PACKET_DEFAULT): write requests are
+    # sized in whole packets of it, as on paramiko's channel.
+    out_max_packet_size = 32768
+
+    def __init__(self, sock: StallGuardSocket) -> None:
+        self.sock = sock
+        self.closed = False
+
+    def get_name(self) -> str:
+        return "openssh"
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def send(self, data: bytes | memoryview) -> int:
+        return self.sock.send(data)
+
+    def send_pieces(self, pieces: Sequence[memoryview]) -> None:
+        for piece in pieces:
+            self.sock.sendall(piece)
+
+    def recv(self, size: int) -> bytes:
+        return self.sock.recv(size)
+
+    def recv_ready(self) -> bool:
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        self.closed = True
+        with suppress(OSError):
+            self.sock.close()
+
+
+def connect(settings: SftpSettings, interrupter: Interrupter) -> Session:
+    """Start ``ssh`` for an SFTP session; the engine's error for whatever stops it."""
+    ours, theirs = socket.socketpair()
+    sock = StallGuardSocket(ours.family, ours.type, 0, settings.timeout, fileno=ours.detach())
+    interrupter.register(sock)
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with tempfile.TemporaryFile() as errors:
+            interrupter.check(f"connecting to {settings.address}")
+            try:
+                process = subprocess.Popen(ssh_arguments(settings), stdin=theirs.fileno(),
+                                           stdout=theirs.fileno(), stderr=errors,
+                                           close_fds=True, start_new_session=True)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot run OpenSSH's client: {exc}",
+                                         setting=setting("transport"),
+                                         endpoint=ENDPOINT) from exc
+            finally:
+                theirs.close()
+            # Until the SFTP server answers, this covers the connection, the key exchange
+            # and authentication; then every request.
+            sock.settimeout(settings.timeout)
+            try:
+                sftp = paramiko.SFTPClient(PipeChannel(sock))  # type: ignore[arg-type]
+            except (EOFError, OSError, paramiko.SSHException) as exc:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                end_process(process)
+                interrupter.check(f"connecting to {settings.address}")
+                raise failure(settings, _read(errors),
+                              timed_out=isinstance(exc, TimeoutError)) from exc
+    except BaseException:
+        interrupter.unregister(sock)
+        with suppress(OSError):
+            sock.close()
+        if process is not None:
+            end_process(process)
+        raise
+    log.info("connected to SFTP server %s as %s (OpenSSH client, cipher %s preferred)",
+             settings.address, settings.username, settings.ciphers[0])
+    return Session(sock=sock, sftp=sftp, process=process)
+
+
+def _read(errors: IO[bytes]) -> str:
+    errors.seek(0)
+    return errors.read(16384).decode("utf-8", "replace")
+
+
+def failure(settings: SftpSettings, stderr: str, *, timed_out: bool = False) -> UploaderError:
+    """The engine's error for an SSH client that ended before SFTP started, from what it
+    printed (``timed_out``: the server's SFTP greeting did not come in time)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = "; ".join(lines[-3:]) if lines else "no message"
+    address = settings.address
+
+    def has(markers: tuple[str, ...]) -> bool:
+        return any(marker in stderr for marker in markers)
+
+    if has(_HOST_KEY):
+        return ConfigurationError(
+            f"SFTP server {address}: OpenSSH refused its host key against "
+            f"{settings.known_hosts_path} ({said})",
+            setting=setting("known_hosts_path"), endpoint=ENDPOINT)
+    if has(_KEY_FILE):
+        return ConfigurationError(f"OpenSSH cannot use the private key {settings.key_path}: "
+                                  f"{said}", setting=setting("ssh_key_path"), endpoint=ENDPOINT)
+    if has(_AUTH):
+        return ConfigurationError(
+            f"SFTP server {address} refused key authentication as {settings.username!r} "
+            f"({setting('username')}) with the key {settings.key_path}; is its public key in "
+            f"that account's authorized_keys? ({said})",
+            setting=setting("ssh_key_path"), endpoint=ENDPOINT)
+    if has(_CIPHER):
+        return ConfigurationError(
+            f"SFTP server {address} and OpenSSH's client have no cipher in common ({said})",
+            setting=setting("ciphers"), endpoint=ENDPOINT)
+    if has(_SUBSYSTEM):
+        return ConfigurationError(
+            f"SFTP server {address} refused to start SFTP for {settings.username!r} ({said})",
+            setting=setting("username"), endpoint=ENDPOINT)
+    if has(_UNRESOLVED):
+        return EndpointUnavailable(f"cannot resolve SFTP host {settings.host!r} ({said})",
+                                   endpoint=ENDPOINT, setting=setting("host"))
+    if has(_REFUSED):
+        return EndpointUnavailable(
+            f"cannot connect to SFTP server {address}: connection refused (is the SFTP server "
+            "running on that port?)", endpoint=ENDPOINT)
+    if timed_out or has(_TIMED_OUT):
+        return EndpointUnavailable(
+            f"cannot connect to SFTP server {address}: no answer from the server within "
+            f"{settings.timeout:g} s", endpoint=ENDPOINT)
+    return EndpointUnavailable(f"SSH connection to {address} failed: {said}",
+                               endpoint=ENDPOINT)
+
+
+def check_key(settings: SftpSettings, passphrase: str | None) -> None:
+    """Refuse what OpenSSH in batch mode cannot do: a key it would have to ask a passphrase
+    for."""
+    if passphrase is not None:
+        raise ConfigurationError(
+            f"{setting('ssh_key_passphrase')}: transport openssh cannot use a passphrase "
+            "(OpenSSH's client runs in batch mode); use a key without one, or transport "
+            "paramiko", setting=setting("ssh_key_passphrase"))
+    if not os.access(settings.key_path, os.R_OK):
+        raise ConfigurationError(f"cannot read private key {settings.key_path}",
+                                 setting=setting("ssh_key_path"))
