@@ -117,11 +117,16 @@ def _fmt_bytes(size: int) -> str:
     return f"{size / 1024:g} KiB" if size >= 1024 else f"{size} B"
 
 
-def _settled_config(site: Site, **overrides: Any) -> dict[str, Any]:
-    """The service's own defaults where they matter (settle 2 s); packages are back-dated."""
+def _settled_config(site: Site, transport: str | None = None,
+                    **overrides: Any) -> dict[str, Any]:
+    """The service's own defaults where they matter (settle 2 s); packages are back-dated.
+    ``transport``: the SFTP plugin's, when not its default."""
     base: dict[str, Any] = {"settle_seconds": 2}
     base.update(overrides)
-    return site.config(**base)
+    config = site.config(**base)
+    if transport is not None:
+        config["uploader"]["sftp"]["transport"] = transport
+    return config
 
 
 def _fresh(ctx: Context, tag: str) -> tuple[PostgresEndpoint, SftpDirs]:
@@ -245,8 +250,8 @@ def workers_supported() -> tuple[bool, str]:
 
 def _large_file_round(ctx: Context, src_video: Path, size: int, rep: int, workers: int | None,
                       pg: PostgresEndpoint, sftp: SftpDirs, template: DocumentTemplate,
-                      profile: bool = False) -> dict[str, Any]:
-    event_id = f"large-{rep}-w{workers or 0}"
+                      profile: bool = False, transport: str | None = None) -> dict[str, Any]:
+    event_id = f"large-{rep}-w{workers or 0}-{transport or 'default'}"
     site = Site(ctx.scratch / ctx.bench.unique("large"), pg, sftp)
     site.make_dirs()
     os.link(src_video, site.pending / f"{event_id}.mp4")
@@ -255,7 +260,7 @@ def _large_file_round(ctx: Context, src_video: Path, size: int, rep: int, worker
     for suffix in (".mp4", ".json"):
         os.utime(site.pending / f"{event_id}{suffix}", (stamp, stamp))
     extra = {} if workers is None else {"workers": workers}
-    spec = {"config": _settled_config(site, **extra)}
+    spec = {"config": _settled_config(site, transport, **extra)}
     try:
         if profile:
             _profile(ctx, f"row1-w{workers or 1}", spec, site.root)
@@ -285,6 +290,11 @@ def _openssh_large(ctx: Context, src_video: Path, size: int, sftp: SftpDirs,
     return {"wall": m.wall, "cpu": m.cpu, "bytes": size, "cipher": m.cipher}
 
 
+def _rate(run: dict[str, Any]) -> float:
+    """MB/s of one upload."""
+    return float(run["bytes"] / run["wall"] / MB)
+
+
 def _sha256_cpu_per_gb() -> float:
     """CPU seconds this machine needs to hash a GB with hashlib's SHA-256."""
     import hashlib
@@ -306,22 +316,28 @@ def row_large_file(ctx: Context) -> RowResult:
     write_video(video, size)
     template = DocumentTemplate()
     ours: list[dict[str, Any]] = []
+    piped: list[dict[str, Any]] = []  # transport openssh
     theirs: list[dict[str, Any]] = []
     try:
         for rep in range(ctx.scale.large_reps):
-            # Alternate who goes first, so drift of the machine hits both alike.
-            order = ("uploader", "openssh") if rep % 2 == 0 else ("openssh", "uploader")
-            for who in order:
+            # Rotate who goes first, so drift of the machine hits all alike.
+            order = ("uploader", "openssh", "piped")
+            for who in order[rep % 3:] + order[: rep % 3]:
                 if who == "uploader":
                     ours.append(_large_file_round(ctx, video, size, rep, None, pg, sftp,
                                                   template))
+                elif who == "piped":
+                    piped.append(_large_file_round(ctx, video, size, rep, None, pg, sftp,
+                                                   template, transport="openssh"))
                 else:
                     theirs.append(_openssh_large(ctx, video, size, sftp, str(rep)))
-            ctx.say(f"    rep {rep + 1}: uploader {ours[-1]['bytes'] / ours[-1]['wall'] / MB:.0f}"
-                    f" MB/s, OpenSSH {theirs[-1]['bytes'] / theirs[-1]['wall'] / MB:.0f} MB/s")
-        up_rate = _median([r["bytes"] / r["wall"] / MB for r in ours])
-        ssh_rate = _median([r["bytes"] / r["wall"] / MB for r in theirs])
+            ctx.say(f"    rep {rep + 1}: uploader {_rate(ours[-1]):.0f} MB/s (transport openssh "
+                    f"{_rate(piped[-1]):.0f}), OpenSSH {_rate(theirs[-1]):.0f} MB/s")
+        up_rate = _median([_rate(r) for r in ours])
+        piped_rate = _median([_rate(r) for r in piped])
+        ssh_rate = _median([_rate(r) for r in theirs])
         up_cpu = _median([r["cpu"] / (r["bytes"] / GB) for r in ours])
+        piped_cpu = _median([r["cpu"] / (r["bytes"] / GB) for r in piped])
         ssh_cpu = _median([r["cpu"] / (r["bytes"] / GB) for r in theirs])
         reps = ctx.scale.large_reps
         sha = _sha256_cpu_per_gb()
@@ -334,10 +350,18 @@ def row_large_file(ctx: Context) -> RowResult:
                  up_rate / ssh_rate, ">= 1.0x OpenSSH", up_rate / ssh_rate >= 1.0, note),
             Line("1", "CPU per GB sent", up_cpu, ssh_cpu, "s/GB", up_cpu / ssh_cpu,
                  "<= 2.0x OpenSSH", up_cpu / ssh_cpu <= 2.0, cpu_note),
+            Line("1", "throughput, transport openssh", piped_rate, ssh_rate, "MB/s",
+                 piped_rate / ssh_rate, ">= 1.0x OpenSSH", piped_rate / ssh_rate >= 1.0,
+                 "the uploader with sftp.transport: openssh (OpenSSH's client under paramiko's "
+                 "SFTP client), same runs"),
+            Line("1", "CPU per GB sent, transport openssh", piped_cpu, ssh_cpu, "s/GB",
+                 piped_cpu / ssh_cpu, "<= 2.0x OpenSSH", piped_cpu / ssh_cpu <= 2.0,
+                 "the uploader's process and its ssh client together"),
         ]
         if ctx.profile_dir is not None and not all(line.met for line in lines):
             _large_file_round(ctx, video, size, 99, None, pg, sftp, template, profile=True)
-        return RowResult(lines, {"uploader": ours, "openssh": theirs})
+        return RowResult(lines, {"uploader": ours, "transport_openssh": piped,
+                                 "openssh": theirs})
     finally:
         _cleanup(ctx, pg, sftp, src)
 
@@ -346,7 +370,8 @@ def row_large_file(ctx: Context) -> RowResult:
 
 
 def _small_uploader(ctx: Context, src: Path, ids: list[str], workers: int | None = None,
-                    profile_name: str | None = None, rtt: float = 0.0) -> dict[str, Any]:
+                    profile_name: str | None = None, rtt: float = 0.0,
+                    transport: str | None = None) -> dict[str, Any]:
     pg, sftp = _fresh(ctx, "small")
     root = ctx.scratch / ctx.bench.unique("small")
     try:
@@ -356,7 +381,7 @@ def _small_uploader(ctx: Context, src: Path, ids: list[str], workers: int | None
             site.make_dirs()
             link_packages(src, site.pending, ids)
             extra = {} if workers is None else {"workers": workers}
-            spec = {"config": _settled_config(site, **extra)}
+            spec = {"config": _settled_config(site, transport, **extra)}
             if profile_name:
                 _profile(ctx, profile_name, spec, site.root)
                 return {}
@@ -439,17 +464,21 @@ def row_small_events(ctx: Context) -> RowResult:
     n = ctx.scale.small_events
     src, ids = _small_source(ctx, n, ctx.scale.small_video)
     ours: list[dict[str, Any]] = []
+    piped: list[dict[str, Any]] = []  # transport openssh
     floors: list[dict[str, Any]] = []
     try:
         for rep in range(ctx.scale.small_reps):
-            order = ("uploader", "floor") if rep % 2 == 0 else ("floor", "uploader")
-            for who in order:
+            order = ("uploader", "floor", "piped")
+            for who in order[rep % 3:] + order[: rep % 3]:
                 if who == "uploader":
                     ours.append(_small_uploader(ctx, src, ids))
+                elif who == "piped":
+                    piped.append(_small_uploader(ctx, src, ids, transport="openssh"))
                 else:
                     floors.append(_small_floor(ctx, src, ids))
-            ctx.say(f"    rep {rep + 1}: uploader {ours[-1]['wall']:.2f} s, OpenSSH batch "
-                    f"{floors[-1]['wall']:.2f} s for {n} events")
+            ctx.say(f"    rep {rep + 1}: uploader {ours[-1]['wall']:.2f} s (transport openssh "
+                    f"{piped[-1]['wall']:.2f} s), OpenSSH batch {floors[-1]['wall']:.2f} s "
+                    f"for {n} events")
         base_ids = ids[: ctx.scale.baseline_events]
         base = _small_baseline(ctx, src, base_ids)
         ctx.say(f"    baseline: {len(base_ids)} events in {base['wall']:.2f} s")
@@ -459,6 +488,8 @@ def row_small_events(ctx: Context) -> RowResult:
         base_rate = base["events"] / base["wall"]
         up_cpu = _median([r["cpu"] for r in ours])
         floor_cpu = _median([r["cpu"] for r in floors])
+        piped_time = _median([r["wall"] for r in piped])
+        piped_cpu = _median([r["cpu"] for r in piped])
         phases = _per_event_phases(ours, n)
         ctx.say(f"    uploader per event: {phases}; OpenSSH batch {1000 * floor_time / n:.1f} ms")
         size = _fmt_bytes(ctx.scale.small_video)
@@ -475,10 +506,17 @@ def row_small_events(ctx: Context) -> RowResult:
             Line("2", "CPU seconds for the batch", up_cpu, floor_cpu, "s", up_cpu / floor_cpu,
                  "", None, "uploader process vs sftp + ssh processes; "
                  + _machine_note(ours, floors)),
+            Line("2", "time vs the floor, 1 worker, transport openssh", piped_time, floor_time,
+                 "s", piped_time / floor_time, "<= 1.3x floor", piped_time / floor_time <= 1.3,
+                 f"median of {ctx.scale.small_reps}; sftp.transport: openssh, same runs"),
+            Line("2", "CPU seconds for the batch, transport openssh", piped_cpu, floor_cpu, "s",
+                 piped_cpu / floor_cpu, "", None,
+                 "the uploader's process and its ssh client; " + _machine_note(piped, floors)),
         ]
         if ctx.profile_dir is not None and not all(line.met for line in lines[:2]):
             _small_uploader(ctx, src, ids, profile_name="row2")
-        return RowResult(lines, {"uploader": ours, "floor": floors, "baseline": base})
+        return RowResult(lines, {"uploader": ours, "transport_openssh": piped, "floor": floors,
+                                 "baseline": base})
     finally:
         shutil.rmtree(src, ignore_errors=True)
 
