@@ -115,11 +115,30 @@ def _record(settings: SftpSettings, key: paramiko.PKey) -> None:
             os.close(fd)
     except OSError as exc:
         # Accepting a key that cannot be recorded would accept any key next time.
+        raise cannot_record(settings, exc) from exc
+
+
+def cannot_record(settings: SftpSettings, exc: OSError | str) -> ConfigurationError:
+    """The error for a host key that ``accept-new`` could not record."""
+    if isinstance(exc, OSError):
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-        raise ConfigurationError(
-            f"cannot record the host key of {settings.address} in {path}: {reason}",
-            setting=setting("known_hosts_path"), endpoint="sftp",
-        ) from exc
+    else:
+        reason = exc
+    return ConfigurationError(
+        f"cannot record the host key of {settings.address} in {settings.known_hosts_path}: "
+        f"{reason}", setting=setting("known_hosts_path"), endpoint="sftp")
+
+
+def prepare_file(settings: SftpSettings) -> None:
+    """Create the known_hosts file (mode 0600) and its directory (0700) if missing, as
+    :func:`_record` would: OpenSSH's client creates neither the directory nor a private file
+    when it records a key."""
+    path: Path = settings.known_hosts_path
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise cannot_record(settings, exc) from exc
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import select
 import socket
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from contextlib import suppress
+from pathlib import Path
 from typing import IO
 
 import paramiko
 
 from uploader_core.errors import ConfigurationError, EndpointUnavailable, UploaderError
 
+from . import hostkeys
 from .connection import ENDPOINT, Interrupter, Session, StallGuardSocket, end_process
 from .settings import ACCEPT_NEW, SftpSettings, setting, ssh_client
 
@@ -51,6 +52,15 @@ _SUBSYSTEM = ("subsystem request failed",)
 _REFUSED = ("Connection refused",)
 _UNRESOLVED = ("Could not resolve hostname",)
 _TIMED_OUT = ("timed out", "Connection timed out during banner exchange")
+# What accept-new did, after a connection that succeeded.
+_ADDED = "Permanently added"
+_NOT_ADDED = "Failed to add the host"
+
+
+def _path_value(path: Path) -> str:
+    """A path as an option's value: quoted (spaces) and with ``%`` escaped (ssh expands
+    ``%`` tokens in file names)."""
+    return '"' + str(path).replace("%", "%%") + '"'
 
 
 def ssh_arguments(settings: SftpSettings) -> list[str]:
@@ -64,8 +74,8 @@ def ssh_arguments(settings: SftpSettings) -> list[str]:
         "-o", "BatchMode=yes",
         "-o", "IdentitiesOnly=yes",
         "-o", "IdentityAgent=none",
-        "-i", str(settings.key_path),
-        "-o", f"UserKnownHostsFile={settings.known_hosts_path}",
+        "-i", str(settings.key_path).replace("%", "%%"),
+        "-o", f"UserKnownHostsFile={_path_value(settings.known_hosts_path)}",
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", f"StrictHostKeyChecking={checking}",
         "-o", "UpdateHostKeys=no",
@@ -74,7 +84,10 @@ def ssh_arguments(settings: SftpSettings) -> list[str]:
         "-o", f"ServerAliveInterval={max(1, math.ceil(settings.timeout / 3))}",
         "-o", "ServerAliveCountMax=3",
         "-o", f"Ciphers={','.join(settings.ciphers)}",
-        "-o", "LogLevel=ERROR",
+        # INFO, not ERROR: the reasons a connection ends during the key exchange ("no
+        # matching cipher", "Connection closed by") and what accept-new recorded, or could
+        # not, are logged at INFO.
+        "-o", "LogLevel=INFO",
         "-p", str(settings.port),
         "-l", settings.username,
         "-s", "--", settings.host, "sftp",
@@ -123,6 +136,8 @@ class PipeChannel:
 
 def connect(settings: SftpSettings, interrupter: Interrupter) -> Session:
     """Start ``ssh`` for an SFTP session; the engine's error for whatever stops it."""
+    if settings.host_key_policy == ACCEPT_NEW:
+        hostkeys.prepare_file(settings)
     ours, theirs = socket.socketpair()
     sock = StallGuardSocket(ours.family, ours.type, 0, settings.timeout, fileno=ours.detach())
     interrupter.register(sock)
@@ -152,6 +167,11 @@ def connect(settings: SftpSettings, interrupter: Interrupter) -> Session:
                 interrupter.check(f"connecting to {settings.address}")
                 raise failure(settings, _read(errors),
                               timed_out=isinstance(exc, TimeoutError)) from exc
+            said = _read(errors)
+            if _NOT_ADDED in said:
+                # Accepting a key that was not recorded would accept any key next time.
+                end_process(process)
+                raise hostkeys.cannot_record(settings, _quote(said, _NOT_ADDED))
     except BaseException:
         interrupter.unregister(sock)
         with suppress(OSError):
@@ -159,9 +179,17 @@ def connect(settings: SftpSettings, interrupter: Interrupter) -> Session:
         if process is not None:
             end_process(process)
         raise
+    if _ADDED in said:
+        log.warning("recorded the host key of %s (%s) in %s on first connection",
+                    settings.address, _quote(said, _ADDED), settings.known_hosts_path)
     log.info("connected to SFTP server %s as %s (OpenSSH client, cipher %s preferred)",
              settings.address, settings.username, settings.ciphers[0])
     return Session(sock=sock, sftp=sftp, process=process)
+
+
+def _quote(said: str, marker: str) -> str:
+    """The line of what ssh said that holds ``marker``."""
+    return next((line.strip() for line in said.splitlines() if marker in line), marker)
 
 
 def _read(errors: IO[bytes]) -> str:
@@ -217,13 +245,30 @@ def failure(settings: SftpSettings, stderr: str, *, timed_out: bool = False) -> 
 
 
 def check_key(settings: SftpSettings, passphrase: str | None) -> None:
-    """Refuse what OpenSSH in batch mode cannot do: a key it would have to ask a passphrase
-    for."""
+    """Refuse at start-up what OpenSSH's client would refuse at every connection: a key it
+    would have to ask a passphrase for, or one that others may read."""
+    where = setting("ssh_key_path")
     if passphrase is not None:
         raise ConfigurationError(
             f"{setting('ssh_key_passphrase')}: transport openssh cannot use a passphrase "
             "(OpenSSH's client runs in batch mode); use a key without one, or transport "
             "paramiko", setting=setting("ssh_key_passphrase"))
-    if not os.access(settings.key_path, os.R_OK):
-        raise ConfigurationError(f"cannot read private key {settings.key_path}",
-                                 setting=setting("ssh_key_path"))
+    path = settings.key_path
+    try:
+        mode = path.stat().st_mode
+        paramiko.PKey.from_path(path)
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"private key {path} does not exist", setting=where) from exc
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read private key {path}: {exc.strerror}",
+                                 setting=where) from exc
+    except (TypeError, paramiko.PasswordRequiredException) as exc:
+        raise ConfigurationError(
+            f"private key {path} is encrypted, and transport openssh cannot use a passphrase; "
+            "use a key without one, or transport paramiko", setting=where) from exc
+    except (ValueError, paramiko.SSHException):
+        pass  # a key type paramiko does not read may still be one OpenSSH does
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"private key {path} may be read by other users (mode {mode & 0o777:04o}), and "
+            f"OpenSSH's client refuses such a key: chmod 600 {path}", setting=where)
