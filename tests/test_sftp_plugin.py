@@ -157,7 +157,10 @@ class FaultProxy:
             try:
                 selector.register(src, selectors.EVENT_READ)
                 while not self._closed.is_set():
-                    if self.silent.is_set() or not selector.select(0.05):
+                    if self.silent.is_set():
+                        self._closed.wait(0.05)  # not a busy loop while the link is silent
+                        continue
+                    if not selector.select(0.05):
                         continue
                     data = src.recv(256 * 1024)
                     if not data:
