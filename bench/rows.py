@@ -59,7 +59,7 @@ class Scale:
     large_reps: int = 5
     small_events: int = 500
     small_video: int = MIB
-    small_reps: int = 2
+    small_reps: int = 3
     baseline_events: int = 100
     backlog_events: int = 100_000
     big_video: int = 4 * GIB
