@@ -32,6 +32,8 @@ sys.exit(sys.version_info < (3, 10))' 2>/dev/null
 missing=()
 have_postgres_server || missing+=(postgresql)
 [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+# OpenSSH's client: the benchmark's reference, and the SFTP plugin's transport openssh.
+command -v ssh >/dev/null && command -v sftp >/dev/null || missing+=(openssh-client)
 # The fleet tests put a connection pooler between the engines and PostgreSQL.
 [[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 # Debian splits ensurepip out of python3; without it "python3 -m venv" fails.
