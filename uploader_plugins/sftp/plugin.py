@@ -327,27 +327,24 @@ class SftpPlugin:
                        failed: Callable[[int, BaseException], None]) -> None:
         """The same checks when OpenSSH's client connects: it connects, checks the host key
         and authenticates in one go, so a failure is placed by the setting it names."""
+        passed = [
+            CheckResult(name=CHECK_CONNECT, ok=True,
+                        detail=f"{settings.address}: reached by OpenSSH's client"),
+            CheckResult(name=CHECK_HOST_KEY, ok=True,
+                        detail=f"accepted by OpenSSH against {settings.known_hosts_path}"),
+            CheckResult(name=CHECK_AUTH, ok=True,
+                        detail=f"as {settings.username!r} with {settings.key_path}"),
+        ]
         try:
             session = openssh.connect(settings, self._interrupter)
         except UploaderError as exc:
             stage = {setting("known_hosts_path"): 1, setting("ssh_key_path"): 2,
                      setting("username"): 2}.get(exc.setting or "", 0)
-            passed = [(CHECK_CONNECT, f"{settings.address}: reached by OpenSSH's client"),
-                      (CHECK_HOST_KEY, f"accepted by OpenSSH against "
-                                       f"{settings.known_hosts_path}")][:stage]
-            results.extend(CheckResult(name=name, ok=True, detail=detail)
-                           for name, detail in passed)
+            results.extend(passed[:stage])
             failed(stage, exc)
             return
+        results.extend(passed)
         try:
-            results.append(CheckResult(name=CHECK_CONNECT, ok=True,
-                                       detail=f"{settings.address}: by OpenSSH's client"))
-            results.append(CheckResult(name=CHECK_HOST_KEY, ok=True,
-                                       detail=f"accepted by OpenSSH against "
-                                              f"{settings.known_hosts_path}"))
-            results.append(CheckResult(name=CHECK_AUTH, ok=True,
-                                       detail=f"as {settings.username!r} with "
-                                              f"{settings.key_path}"))
             for name, dir_key in ((CHECK_VIDEO_DIR, "remote_video_dir"),
                                   (CHECK_JSON_DIR, "remote_json_dir")):
                 results.append(self._probe(session, settings, name, dir_key))
