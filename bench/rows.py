@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 from servers import PostgresEndpoint, SftpDirs
+from servers.keys import known_hosts_line
 
 from . import baseline, openssh
 from .child import LIMITED_PENDING
@@ -163,7 +164,8 @@ def _over_link(ctx: Context, pg: PostgresEndpoint | None, sftp: SftpDirs,
                                                   rtt / 2))
         known_hosts = ctx.scratch / f"{ctx.bench.unique('known_hosts')}"
         _, key_type, key_data = sftp.endpoint.known_hosts_path.read_text().split()[:3]
-        known_hosts.write_text(f"[{sftp.endpoint.host}]:{sftp_link.port} {key_type} {key_data}\n")
+        known_hosts.write_text(known_hosts_line(sftp.endpoint.host, sftp_link.port,
+                                                f"{key_type} {key_data}"))
         endpoint = dataclasses.replace(sftp.endpoint, port=sftp_link.port,
                                        known_hosts_path=known_hosts)
         if pg is not None:

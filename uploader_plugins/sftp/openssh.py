@@ -37,7 +37,7 @@ from uploader_core.errors import ConfigurationError, EndpointUnavailable, Upload
 
 from . import hostkeys
 from .connection import ENDPOINT, Interrupter, Session, StallGuardSocket, end_process
-from .settings import ACCEPT_NEW, SftpSettings, setting, ssh_client
+from .settings import ACCEPT_NEW, SftpSettings, setting, ssh_client, unreadable_key
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,6 @@ def connect(settings: SftpSettings, interrupter: Interrupter) -> Session:
             said = _read(errors)
             if _NOT_ADDED in said:
                 # Accepting a key that was not recorded would accept any key next time.
-                end_process(process)
                 raise hostkeys.cannot_record(settings, _quote(said, _NOT_ADDED))
     except BaseException:
         interrupter.unregister(sock)
@@ -257,11 +256,8 @@ def check_key(settings: SftpSettings, passphrase: str | None) -> None:
     try:
         mode = path.stat().st_mode
         paramiko.PKey.from_path(path)
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"private key {path} does not exist", setting=where) from exc
     except OSError as exc:
-        raise ConfigurationError(f"cannot read private key {path}: {exc.strerror}",
-                                 setting=where) from exc
+        raise unreadable_key(path, exc) from exc
     except (TypeError, paramiko.PasswordRequiredException) as exc:
         raise ConfigurationError(
             f"private key {path} is encrypted, and transport openssh cannot use a passphrase; "

@@ -235,12 +235,8 @@ def load_private_key(config: Mapping[str, Any], key_path: Path) -> paramiko.PKey
             log.warning("%s: a passphrase is configured but the key %s is not encrypted",
                         PREFIX, key_path)
             return key
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"private key {key_path} does not exist",
-                                 setting=where) from exc
     except OSError as exc:
-        raise ConfigurationError(f"cannot read private key {key_path}: {exc.strerror}",
-                                 setting=where) from exc
+        raise unreadable_key(key_path, exc) from exc
     except (TypeError, paramiko.PasswordRequiredException) as exc:
         raise ConfigurationError(
             f"private key {key_path} is encrypted: set {setting('ssh_key_passphrase')} "
@@ -256,3 +252,12 @@ def load_private_key(config: Mapping[str, Any], key_path: Path) -> paramiko.PKey
         else:
             reason = "is not a usable private key (OpenSSH or PEM format expected)"
         raise ConfigurationError(f"private key {key_path} {reason}", setting=where) from exc
+
+
+def unreadable_key(key_path: Path, exc: OSError) -> ConfigurationError:
+    """The error for a private key file that cannot be opened."""
+    if isinstance(exc, FileNotFoundError):
+        return ConfigurationError(f"private key {key_path} does not exist",
+                                  setting=setting("ssh_key_path"))
+    return ConfigurationError(f"cannot read private key {key_path}: {exc.strerror}",
+                              setting=setting("ssh_key_path"))
