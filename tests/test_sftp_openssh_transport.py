@@ -27,6 +27,7 @@ from test_sftp_plugin import (
     _encrypted_openssh_key,
     assert_uploaded,
     free_port,
+    interrupt_once_silent,
     make_plugin,
     proxy,
     transfer,
@@ -112,6 +113,14 @@ def reconfigure(plugin: SftpPlugin, section: dict[str, Any]) -> None:
     """A reload of ``uploader.sftp``, as the engine does it."""
     plugin.uploader_configure(config=validate({"uploader": {"sftp": section}},
                                               plugin.uploader_config_sections()))
+
+
+def refused_upload(plugin: SftpPlugin, tmp_path: Path, event_id: str = "evt_x",
+                   ) -> ConfigurationError:
+    """The ConfigurationError a small upload ends with."""
+    with pytest.raises(ConfigurationError) as caught:
+        transfer(plugin, write_job(tmp_path, event_id, 1000))
+    return caught.value
 
 
 def assert_no_ssh_left(timeout: float = 5.0) -> None:
@@ -328,13 +337,12 @@ def test_an_unknown_host_is_refused_by_openssh_under_the_strict_policy(
     plugin = openssh_plugin(make_plugin, sftp_endpoint.config_section(),
                             known_hosts_path=str(known))
 
-    with pytest.raises(ConfigurationError) as caught:
-        transfer(plugin, write_job(tmp_path, "evt_x", 1000))
+    error = refused_upload(plugin, tmp_path)
 
-    assert caught.value.setting == "uploader.sftp.known_hosts_path"
-    assert caught.value.endpoint == "sftp"
-    assert str(known) in caught.value.message
-    assert "Host key verification failed" in caught.value.message  # what ssh said
+    assert error.setting == "uploader.sftp.known_hosts_path"
+    assert error.endpoint == "sftp"
+    assert str(known) in error.message
+    assert "Host key verification failed" in error.message  # what ssh said
     assert known.read_text() == ""
     assert not list(sftp_endpoint.local_video_dir.iterdir())
 
@@ -437,13 +445,12 @@ def test_a_changed_host_key_is_refused_by_openssh_whatever_the_policy(
     plugin = openssh_plugin(make_plugin, sftp_endpoint.config_section(),
                             known_hosts_path=str(known), host_key_policy=policy)
 
-    with pytest.raises(ConfigurationError) as caught:
-        transfer(plugin, write_job(tmp_path, "evt_x", 1000))
+    error = refused_upload(plugin, tmp_path)
 
-    assert caught.value.setting == "uploader.sftp.known_hosts_path"
-    assert f"OpenSSH refused its host key against {known}" in caught.value.message
+    assert error.setting == "uploader.sftp.known_hosts_path"
+    assert f"OpenSSH refused its host key against {known}" in error.message
     # What ssh said (its last lines); the key was not merely unknown.
-    assert f"Host key for [{endpoint.host}]:{endpoint.port} has changed" in caught.value.message
+    assert f"Host key for [{endpoint.host}]:{endpoint.port} has changed" in error.message
     assert known.read_text() == before
     assert not list(sftp_endpoint.local_video_dir.iterdir())
 
@@ -459,14 +466,13 @@ def test_a_key_the_server_does_not_know_is_refused_through_openssh(
     plugin = openssh_plugin(make_plugin, sftp_endpoint.config_section(),
                             ssh_key_path=str(stranger))
 
-    with pytest.raises(ConfigurationError) as caught:
-        transfer(plugin, write_job(tmp_path, "evt_x", 1000))
+    error = refused_upload(plugin, tmp_path)
 
-    assert caught.value.setting == "uploader.sftp.ssh_key_path"
-    assert caught.value.endpoint == "sftp"
-    assert str(stranger) in caught.value.message
-    assert repr(sftp_endpoint.endpoint.username) in caught.value.message
-    assert "Permission denied" in caught.value.message  # what ssh said
+    assert error.setting == "uploader.sftp.ssh_key_path"
+    assert error.endpoint == "sftp"
+    assert str(stranger) in error.message
+    assert repr(sftp_endpoint.endpoint.username) in error.message
+    assert "Permission denied" in error.message  # what ssh said
 
 
 def test_an_unreadable_key_stops_openssh_configuration(
@@ -505,12 +511,11 @@ def test_a_key_file_ssh_cannot_load_is_reported_from_what_ssh_said(
     plugin = openssh_plugin(make_plugin, sftp_endpoint.config_section(), ssh_key_path=str(key))
     key.chmod(0o644)
 
-    with pytest.raises(ConfigurationError) as caught:
-        transfer(plugin, write_job(tmp_path, "evt_loose", 1000))
+    error = refused_upload(plugin, tmp_path, "evt_loose")
 
-    assert caught.value.setting == "uploader.sftp.ssh_key_path"
-    assert str(key) in caught.value.message
-    assert "bad permissions" in caught.value.message  # what ssh said
+    assert error.setting == "uploader.sftp.ssh_key_path"
+    assert str(key) in error.message
+    assert "bad permissions" in error.message  # what ssh said
 
 
 @pytest.mark.parametrize("how", ["inline", "env"])
@@ -710,21 +715,7 @@ def test_interrupt_stops_an_upload_over_openssh_stalled_on_a_silent_link(
         sftp_endpoint: SftpDirs, proxy: FaultProxy, via_proxy: dict[str, Any],
         make_plugin: PluginFactory, ssh_sessions: list[Session], tmp_path: Path) -> None:
     plugin = openssh_plugin(make_plugin, via_proxy, timeout_seconds=60.0)
-    job = write_job(tmp_path, "evt_stalled", 32 * MiB)
-    interrupted_at: list[float] = []
-
-    def interrupt() -> None:
-        interrupted_at.append(time.monotonic())
-        plugin.uploader_interrupt()
-
-    def go_silent(done: int, total: int) -> None:
-        if not proxy.silent.is_set():
-            proxy.silent.set()
-            threading.Timer(0.5, interrupt).start()
-
-    with pytest.raises(Interrupted):
-        transfer(plugin, job, go_silent)
-    took = time.monotonic() - interrupted_at[0]
+    took = interrupt_once_silent(plugin, proxy, tmp_path)
     print(f"interrupt on a silent link: Interrupted {took:.2f} s after uploader_interrupt()")
 
     assert took < 5
