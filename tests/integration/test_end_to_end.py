@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -234,3 +235,35 @@ def test_parallel_workers_upload_exactly_once_each_with_its_own_connections(
     site.assert_completed_exactly_once(originals)
     assert sum(connects) >= 2 and all(c <= 1 for c in connects), connects
     assert all(h <= 1 for h in handshakes), handshakes
+
+
+def test_transport_openssh_loses_nothing_when_the_server_is_down_then_completes_once(
+        site: Site) -> None:
+    """The engine with ``sftp.transport: openssh``: a refused connection leaves every local
+    byte where it was and says why; the next pass uploads each event exactly once."""
+    for i, size in enumerate([1000, 3_000_000]):
+        write_package(site.pending, f"evt_{i}", video=size)
+    originals = snapshot(site.pending)
+    sftp = site.config["uploader"]["sftp"]
+    sftp["transport"] = "openssh"
+    port = sftp["port"]
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        sftp["port"] = unused.getsockname()[1]  # nothing listens there once it is closed
+
+    with site.engine() as engine:
+        stopped = engine.run_once()
+    # The pass stops at the first job; a job recorded meanwhile is left for the next pass.
+    assert {r.outcome for r in stopped} == {Outcome.RETRY}
+    assert "cannot connect to SFTP server" in (stopped[0].reason or "")
+    assert "connection refused" in (stopped[0].reason or "")
+    assert snapshot(site.pending) == originals
+    assert not any(site.uploaded.iterdir())
+
+    sftp["port"] = port
+    with site.engine() as engine:
+        results = engine.run_once()
+        sftp_plugin: Any = engine.plugin("sftp")
+        assert sftp_plugin.connections_made == 1
+    assert {r.outcome for r in results} == {Outcome.COMPLETED}
+    site.assert_completed_exactly_once(originals)
