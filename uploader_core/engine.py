@@ -10,12 +10,14 @@ exactly once:
 4. archive: the video, then the JSON, move into ``uploaded_dir``. The JSON goes last because
    it is the trigger: while it is still pending, the job will be seen again.
 
-With one worker, jobs still go one at a time through each phase, but neighbouring jobs
-overlap (:mod:`uploader_core.side_thread`): while one job's files go out on the transfer
-thread, the engine thread records the next job and completes the one before, and the archiver
-thread moves the files of the one before that. Hooks, monitor events and logs stay on the
-engine thread, except ``transfer_files`` itself, and a pass returns only once all of its work
-is done.
+A worker takes jobs one at a time through each phase, but neighbouring jobs overlap
+(:mod:`uploader_core.side_thread`): while one job's files go out on the worker's transfer
+thread, the worker records the next job and completes the one before, and its archiver thread
+moves the files of the one before that. Hooks, monitor events and logs stay on the worker's
+thread, except ``transfer_files`` itself, and a pass returns only once all of its work is
+done. With one worker (the default) the engine's own thread is the worker; with several, each
+runs on a thread of its own with plugin instances of its own, and they take the pass's jobs
+in order of age.
 
 The engine knows nothing of PostgreSQL or SFTP; plugins do that work through the hooks in
 :mod:`uploader_core.hookspecs`.
@@ -27,11 +29,9 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,19 @@ class _ToArchive:
     started: float  # time.monotonic() when the job was picked up
 
 
+@dataclass
+class _Worker:
+    """One worker: its plugin instances, and the threads its transfers and archive moves run
+    on. Only the thread running the worker's jobs touches it (and the engine's, in ``close``)."""
+
+    host: PluginHost
+    archiver: SideThread[_ToArchive, bool]
+    transfers: SideThread[_Recorded, list[TransferReceipt]] | None = None
+    in_flight: _Recorded | None = None  # on the transfer thread
+    results: list[JobResult] | None = None  # of the pass under way
+    number: int = 1
+
+
 class DataUploader:
     """Uploads event packages from the pending directory; see the module docstring.
 
@@ -108,9 +121,9 @@ class DataUploader:
         self._reload_config = reload_config
         plugins_given = list(plugins)
         self._host = PluginHost()
-        # Each worker thread uses its own lane: a plugin host with its own plugin instances,
-        # so its connections are its own. The first lane is self._host.
-        self._lanes: list[PluginHost] = [self._host]
+        # Each worker has a plugin host with its own plugin instances, so its connections are
+        # its own. The first worker's is self._host.
+        hosts: list[PluginHost] = [self._host]
         self._local = threading.local()
         disabled = set(disabled_plugins(config))
         for name, plugin in plugins_given:
@@ -151,28 +164,29 @@ class DataUploader:
                                          setting=f"uploader.{key}") from exc
         self._host.configure(s)
         for _ in range(int(s["workers"]) - 1):
-            lane = PluginHost()
+            host = PluginHost()
             for name, plugin in plugins_given:
                 if name not in disabled:
-                    lane.register(plugin, name)
+                    host.register(plugin, name)
             if load_entry_points:
-                lane.load_entry_points(disabled)
-            lane.configure(s)
-            self._lanes.append(lane)
-        # Several workers already overlap each other's jobs: each runs its jobs inline.
-        self._archiver: SideThread[_ToArchive, bool] | None = None
-        self._transfers: SideThread[_Recorded, list[TransferReceipt]] | None = None
-        if len(self._lanes) == 1:
-            self._archiver = SideThread(lambda handed: self._archive_files(handed.job),
-                                        name="uploader-archiver")
-            if self._transfers_can_overlap():
-                self._transfers = SideThread(self._transfer, name="uploader-transfer")
-        self._in_flight: _Recorded | None = None  # on the transfer thread
-        self._pass_results: list[JobResult] | None = None
+                host.load_entry_points(disabled)
+            host.configure(s)
+            hosts.append(host)
+        self._workers = [self._new_worker(host, n) for n, host in enumerate(hosts, 1)]
+        self._halted = threading.Event()  # a worker stopped the pass: the others take no job
         self.retention = Retention(s["retention"], self.uploaded_dir,
                                    confirm=self._host.confirm_completed,
                                    pending_dir=self.pending_dir, should_stop=self._stop.is_set)
         self._load_quarantined()
+
+    def _new_worker(self, host: PluginHost, number: int) -> _Worker:
+        suffix = "" if number == 1 else f"-{number}"
+        worker = _Worker(host, SideThread(lambda handed: self._archive_files(handed.job),
+                                          name=f"uploader-archiver{suffix}"), number=number)
+        if self._transfers_can_overlap():
+            worker.transfers = SideThread(lambda recorded: self._transfer(recorded, host),
+                                          name=f"uploader-transfer{suffix}")
+        return worker
 
     # --- public API
 
@@ -288,8 +302,8 @@ class DataUploader:
                 if new[key] != self.settings[key]:
                     log.warning("uploader.%s changed; it takes effect after a restart", key)
                     new[key] = self.settings[key]
-            for lane in self._lanes:
-                lane.configure(new)
+            for worker in self._workers:
+                worker.host.configure(new)
         except ConfigurationError as exc:
             log.error("configuration not reloaded, the old one stays in force: %s", exc)
             self.systemd.reloaded("reload failed; running with the old configuration")
@@ -326,9 +340,10 @@ class DataUploader:
                          f"cannot read pending directory {self.pending_dir}: {exc.strerror}")
             return results
         self._settle.prune()
+        self._halted.clear()
         self.monitor.pass_started(candidates)
-        if len(self._lanes) == 1:
-            self._run_sequentially(candidates, results)
+        if len(self._workers) == 1:
+            self._run_worker(self._workers[0], iter(candidates), results)
         else:
             self._run_in_parallel(candidates, results)
         counts = {o.value: 0 for o in Outcome}
@@ -344,9 +359,13 @@ class DataUploader:
         return results
 
     def _keep_going(self) -> bool:
-        if self._stop.is_set() or self._paused.is_set():
+        if self._stop.is_set() or self._paused.is_set() or self._halted.is_set():
             return False
         if self._reload.is_set():
+            if len(self._workers) > 1:
+                # Not while another worker may be transferring: the pass ends once the jobs
+                # under way are done, and the reload applies then (_run_in_parallel).
+                return False
             # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog; not
             # during a transfer, so that no plugin is reconfigured while it works.
             self._settle_in_flight()
@@ -358,18 +377,27 @@ class DataUploader:
         self._reload.clear()
         self.reload()
 
-    def _run_sequentially(self, candidates: list[Candidate], results: list[JobResult]) -> None:
-        """Jobs one at a time, oldest first, each phase of a job after the one before it.
+    def _run_worker(self, worker: _Worker, candidates: Iterator[Candidate],
+                    results: list[JobResult]) -> None:
+        """``worker`` takes jobs from ``candidates`` one at a time, each phase of a job after
+        the one before it, until there are none or the pass stops.
 
         Neighbouring jobs overlap: one job's transfer runs beside the next job's record and
         the previous job's completion, and its archive moves beside the jobs after it.
+        ``candidates`` may be shared with other workers (it is then safe to call from
+        several threads); the results go to ``results`` in the order this worker started its
+        jobs.
         """
-        self._pass_results = results
+        self._local.worker = worker
+        worker.results = results
         try:
-            for candidate in candidates:
+            while True:
                 try:
                     self._collect_archives()
                     if not self._keep_going():
+                        break
+                    candidate = next(candidates, None)
+                    if candidate is None:
                         break
                     result = self._process_candidate(candidate)
                     if result is not None:
@@ -379,6 +407,7 @@ class DataUploader:
                         self._collect_archives(wait=True)
                         results.append(result)
                 except _PassStopped as stopped:
+                    self._halted.set()
                     # The job under way was picked up first: its result comes first.
                     try:
                         self._settle_in_flight()
@@ -393,59 +422,73 @@ class DataUploader:
                     # way is quick, and finishing it is safer.
                     self._settle_in_flight()
                 except _PassStopped as stopped:
+                    self._halted.set()
                     results.append(stopped.args[0])
                 self._collect_archives(wait=True)
             finally:
-                self._pass_results = None
-                for side in (self._transfers, self._archiver):
+                worker.results = None
+                self._local.worker = None
+                for side in (worker.transfers, worker.archiver):
                     if side is not None:
                         side.close()
 
     def _run_in_parallel(self, candidates: list[Candidate], results: list[JobResult]) -> None:
-        """Jobs in order of age, as many at a time as there are lanes.
+        """Every worker on a thread of its own, taking the jobs in order of age.
 
-        A job's phases still run in order on one thread with one lane; only different jobs
-        overlap. When one job finds an endpoint down, no new job starts in this pass.
+        When one worker's job finds an endpoint down, no worker starts a new job in this pass.
         """
-        free: queue.SimpleQueue[PluginHost] = queue.SimpleQueue()
-        for lane in self._lanes:
-            free.put(lane)
-        stopped = threading.Event()
         lock = threading.Lock()
+        pending = iter(candidates)
 
-        def work(candidate: Candidate, lane: PluginHost) -> None:
-            self._local.lane = lane
-            try:
-                result = self._process_candidate(candidate)
-            except _PassStopped as stop:
-                stopped.set()
-                result = stop.args[0]
-            except Exception:
-                # Run sequentially this would end the pass with a traceback; here it would
-                # vanish into the pool, so say it.
-                log.exception("%s: unexpected error; it stays pending", candidate.stem)
-                result = None
-            finally:
-                self._local.lane = None
-                free.put(lane)
-            if result is not None:
+        def next_candidate() -> Iterator[Candidate]:
+            while True:
                 with lock:
-                    results.append(result)
+                    candidate = next(pending, None)
+                if candidate is None:
+                    return
+                yield candidate
 
-        with ThreadPoolExecutor(max_workers=len(self._lanes),
-                                thread_name_prefix="uploader-worker") as pool:
-            for candidate in candidates:
-                lane = free.get()
-                if stopped.is_set() or not self._keep_going():
-                    free.put(lane)
-                    break
-                pool.submit(work, candidate, lane)
+        outcomes: list[list[JobResult]] = [[] for _ in self._workers]
+        failures: list[BaseException] = []
+
+        def work(worker: _Worker, into: list[JobResult]) -> None:
+            try:
+                self._run_worker(worker, next_candidate(), into)
+            except BaseException as exc:
+                # Handed to the engine's thread, which raises it as one worker's pass would.
+                self._halted.set()
+                failures.append(exc)
+
+        self._halted.clear()
+        threads = [threading.Thread(target=work, args=(worker, into), daemon=True,
+                                    name=f"uploader-worker-{worker.number}")
+                   for worker, into in zip(self._workers, outcomes, strict=True)]
+        try:
+            for thread in threads:
+                thread.start()
+        finally:
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
+            self._halted.clear()
+        for into in outcomes:
+            results.extend(into)
+        if failures:
+            raise failures[0]
+        if self._reload.is_set() and not self._stop.is_set():
+            # Asked for during the pass, which ended for it once no worker was transferring.
+            self._reload_now()
+
+    @property
+    def _worker(self) -> _Worker:
+        """The worker whose job runs on this thread (the first outside a pass)."""
+        worker: _Worker | None = getattr(self._local, "worker", None)
+        return self._workers[0] if worker is None else worker
 
     @property
     def _lane(self) -> PluginHost:
         """The plugin host of the job on this thread."""
-        lane = getattr(self._local, "lane", None)
-        return self._host if lane is None else lane
+        return self._worker.host
 
     def claim_queue(self) -> None:
         """Take the pending directory for this engine alone (``run`` and ``run_once`` do).
@@ -461,8 +504,8 @@ class DataUploader:
         self._stop.set()
         self._wake.set()
         self.monitor.set_state(EngineState.STOPPING)
-        for lane in self._lanes:
-            lane.interrupt()
+        for worker in self._workers:
+            worker.host.interrupt()
 
     # --- commands, thread-safe: the control socket calls these
 
@@ -528,17 +571,22 @@ class DataUploader:
         return moved
 
     def close(self) -> None:
-        if self._transfers is not None:
-            # Only left over when a pass ended in an exception: the transfer ends before its
-            # plugin shuts down, and the job, still recorded pending, is retried later.
-            self._in_flight = None
-            self._transfers.close()
-        if self._archiver is not None:
-            # Likewise; told before plugins shut down.
-            self._collect_archives(wait=True)
-            self._archiver.close()
-        for lane in self._lanes:
-            lane.shutdown()
+        for worker in self._workers:
+            self._local.worker = worker
+            try:
+                if worker.transfers is not None:
+                    # Only left over when a pass ended in an exception: the transfer ends
+                    # before its plugin shuts down, and the job, still recorded pending, is
+                    # retried later.
+                    worker.in_flight = None
+                    worker.transfers.close()
+                # Likewise; told before plugins shut down.
+                self._collect_archives(wait=True)
+                worker.archiver.close()
+            finally:
+                self._local.worker = None
+        for worker in self._workers:
+            worker.host.shutdown()
         self._lock.release()
 
     def init_storage(self) -> None:
@@ -602,12 +650,12 @@ class DataUploader:
         recorded = self._record(job)
         if not isinstance(recorded, _Recorded):
             return recorded
-        if self._transfers is not None:
+        if self._worker.transfers is not None:
             self._settle_in_flight(start=recorded)
             return None
         self.monitor.phase(job.event_id, Phase.TRANSFER.value)
         try:
-            receipts = self._transfer(recorded)
+            receipts = self._transfer(recorded, self._lane)
         except Exception as exc:
             return self._transfer_failed(recorded, exc)
         return self._complete(recorded, receipts)
@@ -647,9 +695,7 @@ class DataUploader:
 
     def _to_archive(self, job: Job, started: float) -> JobResult | None:
         self.monitor.phase(job.event_id, Phase.ARCHIVE.value)
-        if self._archiver is None:
-            return self._archive(job, time.monotonic() - started)
-        self._archiver.submit(_ToArchive(job, started))
+        self._worker.archiver.submit(_ToArchive(job, started))
         return None
 
     # --- transfers on their own thread (one worker)
@@ -674,8 +720,9 @@ class DataUploader:
         :class:`_PassStopped` as the job's own phases would; ``start`` then gets a result
         saying it was not transferred.
         """
-        transfers = self._transfers
-        previous, self._in_flight = self._in_flight, None
+        worker = self._worker
+        transfers = worker.transfers
+        previous, worker.in_flight = worker.in_flight, None
         done: Finished[_Recorded, list[TransferReceipt]] | None = None
         if previous is not None and transfers is not None:
             done = transfers.next_done(wait=True)
@@ -688,11 +735,12 @@ class DataUploader:
                 self._add_result(stopped.args[0])
                 raise _PassStopped(self._not_transferred(start, "the pass stopped")) from stopped
         if start is not None and transfers is not None:
-            if self._reload.is_set():
+            if self._reload.is_set() and len(self._workers) == 1:
                 # Asked for since this job was recorded: it applies from this transfer on.
+                # (With several, another worker may be transferring: see _keep_going.)
                 self._reload_now()
             self.monitor.phase(start.job.event_id, Phase.TRANSFER.value)
-            self._in_flight = start
+            worker.in_flight = start
             transfers.submit(start)
         if previous is not None and done is not None and done.error is None:
             self._add_result(self._after_transfer(previous, done))
@@ -719,12 +767,14 @@ class DataUploader:
                          phase=Phase.TRANSFER, reason=reason)
 
     def _add_result(self, result: JobResult | None) -> None:
-        if result is not None and self._pass_results is not None:
-            self._pass_results.append(result)
+        results = self._worker.results
+        if result is not None and results is not None:
+            results.append(result)
 
-    def _transfer(self, recorded: _Recorded) -> list[TransferReceipt]:
-        """Phase 2, and a check that the video did not change meanwhile; on the transfer
-        thread with one worker, so it touches no engine state but the monitor."""
+    def _transfer(self, recorded: _Recorded, host: PluginHost) -> list[TransferReceipt]:
+        """Phase 2 with ``host``'s plugins, and a check that the video did not change
+        meanwhile; on a worker's transfer thread, so it touches no engine state but the
+        monitor."""
         job = recorded.job
 
         def progress(done: int, total: int) -> None:
@@ -734,7 +784,7 @@ class DataUploader:
             self.monitor.progress(job.event_id, done, total)
 
         self.monitor.transfer_started(job.event_id, job.video_size + job.json_size)
-        receipts = self._lane.transfer_files(job, progress)
+        receipts = host.transfer_files(job, progress)
         if not receipts:
             raise ConfigurationError("no plugin returned a transfer receipt for "
                                      f"{job.event_id}; is a transfer plugin enabled?")
@@ -746,13 +796,6 @@ class DataUploader:
             raise TransientError(f"video {job.video_path.name} changed during upload; "
                                  "it will be uploaded again")
         return receipts
-
-    def _archive(self, job: Job, duration: float) -> JobResult:
-        try:
-            rewritten = self._archive_files(job)
-        except OSError as exc:
-            return self._archive_failed(job, exc)
-        return self._archived(job, rewritten, duration)
 
     def _archive_files(self, job: Job) -> bool:
         """Phase 4's moves; True when the JSON was gone and its uploaded bytes were written.
@@ -789,9 +832,7 @@ class DataUploader:
 
         Their results go to the pass under way, in the order the jobs were handed over.
         """
-        if self._archiver is None:
-            return
-        while (done := self._archiver.next_done(wait=wait)) is not None:
+        while (done := self._worker.archiver.next_done(wait=wait)) is not None:
             job = done.item.job
             if isinstance(done.error, OSError):
                 result = self._archive_failed(job, done.error)

@@ -8,11 +8,12 @@ Conventions for implementers:
   that module; any other exception escaping a phase hook is treated as transient and logged
   with its traceback, so a plugin bug never quarantines a job.
 - Each job goes through its phase hooks in order, and one plugin object is never called from
-  two threads at once. With one worker, neighbouring jobs overlap: ``transfer_files`` runs on
-  a transfer thread while the engine's thread calls the other phase hooks for the jobs before
-  and after it, unless a plugin that transfers also implements one of those hooks (then every
-  hook runs on the engine's thread, one job after the other). With several workers, each job
-  runs all its hooks on one worker thread, with plugin objects of that worker's own.
+  two threads at once. Within a worker, neighbouring jobs overlap: ``transfer_files`` runs on
+  the worker's transfer thread while the worker's thread calls the other phase hooks for the
+  jobs before and after it, unless a plugin that transfers also implements one of those hooks
+  (then every hook runs on the worker's thread, one job after the other). With one worker
+  (the default) the worker's thread is the engine's; with several, each worker has a thread
+  and plugin objects of its own.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def uploader_configure(config: Mapping[str, Any]) -> None:
     Called again when the configuration is reloaded (SIGHUP), between jobs: apply the new
     settings, and drop a connection whose endpoint settings changed so the next use makes a
     new one. Raising :class:`ConfigurationError` then keeps the engine on its old settings.
-    With one worker no transfer is under way then; with several workers, this instance's
-    worker may be in the middle of a job, from another thread.
+    No transfer is under way then, whatever the number of workers: with several, a reload
+    asked for during a pass waits until the pass has ended.
     """
 
 
@@ -111,8 +112,8 @@ def transfer_files(job: Job, progress: ProgressCallback) -> TransferReceipt | No
     :class:`TransferReceipt` saying where the files are, or ``None`` if this plugin does not
     transfer. At least one implementation must return a receipt.
 
-    With one worker this runs on a transfer thread of its own, one transfer at a time, while
-    the engine's thread records the next job and completes the one before. It may be called
+    This runs on the worker's transfer thread, one transfer at a time, while the worker's
+    thread records the next job and completes the one before. It may be called
     while ``uploader_configure`` has not yet applied a reload (reloads wait for the transfer
     under way), and ``post_quarantine`` is never called during it.
     """
@@ -133,9 +134,9 @@ def post_archive(job: Job) -> None:
     """Called after phase 4, once the package is in the archive directory.
 
     ``job.video_path`` and ``job.json_path`` still name the original pending locations.
-    Nothing can be undone any more: exceptions are logged and otherwise ignored. With one
-    worker, the archive moves run while the next job starts, so this call may come after that
-    job's first hooks; it is still made on the engine's thread, before the pass ends.
+    Nothing can be undone any more: exceptions are logged and otherwise ignored. The archive
+    moves run while the worker's next job starts, so this call may come after that job's first
+    hooks; it is still made on the worker's thread, before the pass ends.
     """
 
 

@@ -228,9 +228,9 @@ def test_parallel_workers_upload_exactly_once_each_with_its_own_connections(
     originals = snapshot(site.pending)
     with site.engine() as engine:
         results = engine.run_once()
-        lanes: Any = engine._lanes
-        connects = [lane.get("postgres").db.connects for lane in lanes]
-        handshakes = [lane.get("sftp").connections_made for lane in lanes]
+        hosts: list[Any] = [worker.host for worker in engine._workers]
+        connects = [host.get("postgres").db.connects for host in hosts]
+        handshakes = [host.get("sftp").connections_made for host in hosts]
     assert all(r.outcome is Outcome.COMPLETED for r in results) and len(results) == 30
     site.assert_completed_exactly_once(originals)
     assert sum(connects) >= 2 and all(c <= 1 for c in connects), connects

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -21,20 +22,34 @@ from uploader_core.testing import write_package
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
+Proxied = tuple[Site, FaultProxy, FaultProxy]
+
+
 @pytest.fixture
-def proxied_site(make_site: Callable[..., Site]) -> Iterator[tuple[Site, FaultProxy, FaultProxy]]:
-    site = make_site()
-    db, sftp = site.config["uploader"]["database"], site.config["uploader"]["sftp"]
-    with FaultProxy(db["host"], db["port"]) as db_proxy, \
-            FaultProxy(sftp["host"], sftp["port"]) as sftp_proxy:
-        db["port"] = db_proxy.port
-        sftp["port"] = sftp_proxy.port
-        # The proxy listens on another port than the known_hosts entry names.
-        sftp["host_key_policy"] = "accept-new"
-        sftp["known_hosts_path"] = str(site.root / "known_hosts")
-        sftp["timeout_seconds"] = 2
-        db["statement_timeout_seconds"] = 2
-        yield site, db_proxy, sftp_proxy
+def make_proxied_site(make_site: Callable[..., Site]) -> Iterator[Callable[..., Proxied]]:
+    """A site (``make_site``'s overrides) whose database and SFTP server are reached through
+    fault proxies."""
+    with ExitStack() as proxies:
+        def make(**overrides: Any) -> Proxied:
+            site = make_site(**overrides)
+            db, sftp = site.config["uploader"]["database"], site.config["uploader"]["sftp"]
+            db_proxy = proxies.enter_context(FaultProxy(db["host"], db["port"]))
+            sftp_proxy = proxies.enter_context(FaultProxy(sftp["host"], sftp["port"]))
+            db["port"] = db_proxy.port
+            sftp["port"] = sftp_proxy.port
+            # The proxy listens on another port than the known_hosts entry names.
+            sftp["host_key_policy"] = "accept-new"
+            sftp["known_hosts_path"] = str(site.root / "known_hosts")
+            sftp["timeout_seconds"] = 2
+            db["statement_timeout_seconds"] = 2
+            return site, db_proxy, sftp_proxy
+
+        yield make
+
+
+@pytest.fixture
+def proxied_site(make_proxied_site: Callable[..., Proxied]) -> Proxied:
+    return make_proxied_site()
 
 
 def drain(engine: Any, passes: int = 5) -> list[Any]:
@@ -59,6 +74,41 @@ def test_sftp_connection_cut_mid_transfer_is_retried(
         assert sftp_proxy.cuts == 1
         assert snapshot(site.pending) == originals
         assert not site.remote_video("evt_big").exists(), "no partial file under the final name"
+        drain(engine)
+    site.assert_completed_exactly_once(originals)
+
+
+@pytest.mark.parametrize("cut_after", [1_000_000, 10_000_000], ids=["fresh", "reused"])
+def test_with_several_workers_a_link_cut_loses_nothing_and_completes_each_once(
+    make_proxied_site: Callable[..., Proxied], cut_after: int
+) -> None:
+    site, _, sftp_proxy = make_proxied_site(workers=3)
+    for i in range(9):
+        write_package(site.pending, f"evt_{i}", video=3_000_000 + i, age_seconds=100 - i)
+    originals = snapshot(site.pending)
+    with site.engine() as engine:
+        # Every worker's connection is reset once this much has gone out between them.
+        sftp_proxy.cut_after_bytes(cut_after, "upstream")
+        first = engine.run_once()
+        assert sftp_proxy.cuts == 1
+        outcomes = [(r.event_id, r.outcome.value, r.phase, r.reason) for r in first]
+        if cut_after < 3_000_000:
+            # In the first uploads, on new connections: those jobs are retried in the next
+            # pass, and no worker takes a job after the failure.
+            assert any(r.outcome is Outcome.RETRY and r.phase is Phase.TRANSFER
+                       for r in first), outcomes
+            assert len(first) < len(originals), outcomes
+        else:
+            # Connections kept from earlier jobs: a transfer cut on one is resumed at once
+            # over a new connection.
+            assert all(r.outcome in (Outcome.COMPLETED, Outcome.RETRY) for r in first), outcomes
+        assert snapshot(site.pending) | snapshot(site.uploaded) == originals
+        # Whatever is under its final name on the server is whole.
+        for directory, suffix in ((site.sftp.local_video_dir, "mp4"),
+                                  (site.sftp.local_json_dir, "json")):
+            for path in directory.iterdir():
+                if not path.name.startswith("."):
+                    assert path.read_bytes() == originals[path.stem][suffix], path.name
         drain(engine)
     site.assert_completed_exactly_once(originals)
 

@@ -326,25 +326,35 @@ def test_run_returns_only_when_the_archive_in_flight_is_done(
     assert rig.engine.monitor.snapshot()["totals"]["completed"] == 1
 
 
-def test_parallel_workers_still_archive_on_their_own_threads(
+def test_each_of_several_workers_archives_on_a_thread_of_its_own(
     make_rig: Callable[..., Rig], moves: Moves
 ) -> None:
     rig = make_rig(workers=2)
     originals = packages(rig, 4)
-    workers: dict[str, int] = {}
+    transfer_threads: dict[str, int] = {}
+    both = threading.Barrier(2, timeout=HOLD_TIMEOUT)
 
     def transfer(job: Job) -> None:
-        workers[job.event_id] = threading.get_ident()
+        thread = threading.get_ident()
+        first = thread not in transfer_threads.values()
+        transfer_threads[job.event_id] = thread
+        if first:
+            both.wait()  # both workers transfer at once, or this times out
 
     rig.remote.during_transfer = transfer
 
     results = rig.engine.run_once()
 
-    assert sorted(r.event_id for r in results) == ["evt_1", "evt_2", "evt_3", "evt_4"]
-    for event_id, thread in workers.items():
-        assert moves.threads[f"{event_id}.mp4"] == thread
-        assert moves.threads[f"{event_id}.json"] == thread
+    assert sorted((r.event_id, r.outcome) for r in results) == [
+        (f"evt_{i}", Outcome.COMPLETED) for i in range(1, 5)]
+    archivers = {moves.threads[f"{event_id}.mp4"] for event_id in transfer_threads}
+    assert len(archivers) == 2
+    assert archivers.isdisjoint(transfer_threads.values())
+    assert threading.get_ident() not in archivers
+    for event_id in transfer_threads:
+        assert moves.threads[f"{event_id}.json"] == moves.threads[f"{event_id}.mp4"]
     assert all_bytes(rig.uploaded) == originals
+    assert visible(rig.pending) == []
 
 
 def test_a_side_thread_hands_back_outcomes_in_order_and_bounds_the_work() -> None:

@@ -26,12 +26,13 @@ class Timeline:
     """The hooks of each job and the thread each ran on, in the order they ran."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.changed = threading.Condition()  # notified at each entry
         self.entries: list[tuple[str, str, int]] = []  # (hook, event id, thread)
 
     def note(self, hook: str, event_id: str) -> None:
-        with self._lock:
+        with self.changed:
             self.entries.append((hook, event_id, threading.get_ident()))
+            self.changed.notify_all()
 
     def hooks(self, event_id: str) -> list[str]:
         return [hook for hook, job, _ in self.entries if job == event_id]
@@ -184,22 +185,52 @@ def test_a_permanent_failure_in_the_transfer_quarantines_while_the_next_job_wait
     assert store.records["evt_1"].status == store.records["evt_2"].status == "completed"
 
 
-def test_with_several_workers_each_job_runs_on_one_worker_thread(tmp_path: Path) -> None:
-    # Several workers overlap whole jobs instead: no transfer thread of its own there.
+def test_with_several_workers_each_worker_records_its_next_job_while_one_transfers(
+        tmp_path: Path) -> None:
     timeline = Timeline()
     store, remote = TimedStore(timeline), TimedRemote(timeline)
     engine = DataUploader(base_config(tmp_path, workers=2), load_entry_points=False,
                           plugins=[("store", store), ("remote", remote)])
-    for i in range(4):
+    jobs = 8
+    for i in range(jobs):
         write_package(tmp_path / "pending", f"evt_{i}", age_seconds=60 - i)
+    before = all_bytes(tmp_path)
+    recorded_meanwhile: dict[str, bool] = {}
+
+    def stores() -> list[tuple[str, int]]:
+        return [(job, thread) for hook, job, thread in timeline.entries if hook == "store"]
+
+    def during(job: Job) -> None:
+        done = stores()
+        worker = dict(done)[job.event_id]
+        at = done.index((job.event_id, worker))
+
+        def recorded_next() -> bool:
+            return any(thread == worker for _, thread in stores()[at + 1:])
+
+        # Held until this job's worker records another job, or until every job is recorded
+        # (a worker's last job has no next one).
+        with timeline.changed:
+            timeline.changed.wait_for(lambda: recorded_next() or len(stores()) == jobs, WAIT)
+            recorded_meanwhile[job.event_id] = recorded_next()
+
+    remote.during_transfer = during
     with engine:
         results = engine.run_once()
 
-    assert sorted(r.event_id for r in results if r.outcome is Outcome.COMPLETED) == [
-        f"evt_{i}" for i in range(4)]
-    for i in range(4):
-        threads = {thread for _, job, thread in timeline.entries if job == f"evt_{i}"}
-        assert len(threads) == 1 and threading.get_ident() not in threads
+    assert sorted((r.event_id, r.outcome) for r in results) == [
+        (f"evt_{i}", Outcome.COMPLETED) for i in range(jobs)]
+    workers = {thread for _, thread in stores()}
+    assert len(workers) == 2 and threading.get_ident() not in workers
+    # Every job but each worker's last was transferring while its worker recorded the next.
+    assert sum(recorded_meanwhile.values()) == jobs - 2, recorded_meanwhile
+    for i in range(jobs):
+        event_id = f"evt_{i}"
+        assert timeline.hooks(event_id) == ["store", "transfer", "transferred", "complete"]
+        threads = {hook: thread for hook, job, thread in timeline.entries if job == event_id}
+        # Recorded and completed by one worker; transferred on another thread, its own.
+        assert threads["store"] == threads["complete"] != threads["transfer"]
+    assert all_bytes(tmp_path / "uploaded") == before
 
 
 def test_a_package_to_quarantine_behind_a_failed_transfer_waits_untouched(

@@ -337,13 +337,17 @@ def test_parallel_workers_complete_every_job_exactly_once(
     lock = threading.Lock()
     both = threading.Barrier(2, timeout=10)
 
+    transfer_threads: set[int] = set()
+
     def during(job: Job) -> None:
         nonlocal in_flight, peak
         with lock:
             in_flight += 1
             peak = max(peak, in_flight)
-        if job.event_id in ("evt_00", "evt_01"):
-            both.wait()  # the two oldest are uploaded at the same time, or this times out
+            first = len(transfer_threads) < 2 and threading.get_ident() not in transfer_threads
+            transfer_threads.add(threading.get_ident())
+        if first:
+            both.wait()  # two workers' first uploads run at the same time, or this times out
         with lock:
             in_flight -= 1
 
@@ -360,6 +364,32 @@ def test_parallel_workers_complete_every_job_exactly_once(
     assert visible(rig.pending) == []
 
 
+def test_an_engine_error_in_one_of_several_workers_ends_the_pass_and_loses_nothing(
+    make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = make_rig(workers=2)
+    for i in range(6):
+        write_package(rig.pending, f"evt_{i}", age_seconds=100 - i)
+    before = all_bytes(rig.pending)
+    process = rig.engine._process_candidate
+
+    def broken(candidate: Any) -> Any:
+        if candidate.stem == "evt_0":
+            raise RuntimeError("a bug in the engine")
+        return process(candidate)
+
+    monkeypatch.setattr(rig.engine, "_process_candidate", broken)
+    # Raised on the engine's thread, as one worker's pass would raise it.
+    with pytest.raises(RuntimeError, match="a bug in the engine"):
+        rig.engine.run_once()
+    assert all_bytes(rig.pending) | all_bytes(rig.uploaded) == before
+    monkeypatch.undo()
+    rig.engine.run_once()
+    assert visible(rig.pending) == []
+    assert all_bytes(rig.uploaded) == before
+    assert all(record.status == "completed" for record in rig.store.records.values())
+
+
 def test_an_endpoint_outage_starts_no_new_job_in_a_parallel_pass(
     make_rig: Callable[..., Rig],
 ) -> None:
@@ -368,9 +398,16 @@ def test_an_endpoint_outage_starts_no_new_job_in_a_parallel_pass(
                                 EndpointUnavailable("sftp down", endpoint="sftp"))
     for i in range(10):
         write_package(rig.pending, f"evt_{i}", age_seconds=100 - i)
+    before = all_bytes(rig.pending)
     results = rig.engine.run_once()
-    assert len(results) <= 3, [r.event_id for r in results]
+    # Each worker had at most one job transferring and the next one recorded: that one is
+    # not transferred, and no worker takes a job after the failure.
+    assert len(results) <= 4, [r.event_id for r in results]
     assert all(r.outcome is Outcome.RETRY for r in results)
+    tried = [r for r in results if r.reason != "not transferred: the pass stopped"]
+    assert 1 <= len(tried) <= 2, results
+    assert all(r.reason == "sftp down" for r in tried)
+    assert all_bytes(rig.pending) == before
     # The second worker may or may not have started a job (and met the second fault) before
     # the first one's failure stopped the pass; the endpoint is back now either way.
     rig.remote.faults.queue.clear()

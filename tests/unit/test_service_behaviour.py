@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_rig import Rig, base_config
+from engine_rig import Rig, all_bytes, base_config
 
-from uploader_core import DataUploader
+from uploader_core import DataUploader, Outcome, hookimpl
 from uploader_core.monitor import EventKind
 from uploader_core.testing import memory_plugins, write_package
 
@@ -208,6 +208,55 @@ def test_reload_requested_during_a_pass_is_applied_before_the_next_job(
         write_package(tmp_path / "pending", f"evt_{i}", age_seconds=30 - i)
     engine.run_once()
     assert seen == [0.05, 99, 99]
+
+
+def test_with_several_workers_a_reload_waits_until_no_worker_is_transferring(
+    tmp_path: Path
+) -> None:
+    current = base_config(tmp_path, workers=2)
+    lock = threading.Lock()
+    transferring = 0
+    configured_while: list[int] = []  # how many transfers were under way at each configure
+
+    class Configured:
+        @hookimpl
+        def uploader_configure(self, config: Any) -> None:
+            with lock:
+                configured_while.append(transferring)
+
+    store, remote, plugins = memory_plugins()
+    engine = DataUploader(current, plugins=[*plugins, ("configured", Configured())],
+                          load_entry_points=False, reload_config=lambda: current)
+    configured_while.clear()
+
+    def during(job: Any) -> None:
+        nonlocal transferring
+        with lock:
+            transferring += 1
+            first = len(remote.files) == 0 and current["uploader"]["scan_interval_seconds"] != 99
+            if first:
+                current["uploader"]["scan_interval_seconds"] = 99
+        if first:
+            engine.request_reload()
+        time.sleep(0.02)  # long enough for the other worker to be transferring too
+        with lock:
+            transferring -= 1
+
+    remote.during_transfer = during
+    for i in range(8):
+        write_package(tmp_path / "pending", f"evt_{i}", age_seconds=30 - i)
+    before = all_bytes(tmp_path / "pending")
+    with engine:
+        first = engine.run_once()
+        assert engine.scan_interval == 99  # applied when the pass ended
+        assert configured_while == [0, 0]  # both workers' plugins, neither transferring
+        # The pass ended early for it; the jobs it did not take come in the next.
+        assert all(r.outcome is Outcome.COMPLETED for r in first)
+        second = engine.run_once()
+    assert sorted(r.event_id for r in first + second) == [f"evt_{i}" for i in range(8)]
+    assert all(r.outcome is Outcome.COMPLETED for r in second)
+    assert all_bytes(tmp_path / "uploaded") == before
+    assert all(record.status == "completed" for record in store.records.values())
 
 
 def test_new_packages_do_not_cut_an_endpoint_backoff_short(
