@@ -111,6 +111,8 @@ def test_with_several_workers_a_link_cut_loses_nothing_and_completes_each_once(
                     assert path.read_bytes() == originals[path.stem][suffix], path.name
         drain(engine)
     site.assert_completed_exactly_once(originals)
+    # The workers connected at once: the server's key was recorded once, by one of them.
+    assert len((site.root / "known_hosts").read_text().splitlines()) == 1
 
 
 def test_database_connection_cut_is_retried(

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from uploader_core.errors import ConfigurationError
 from .settings import ACCEPT_NEW, SftpSettings, setting
 
 log = logging.getLogger(__name__)
+
+# The workers of one engine connect at once, each with the keys it read before: only one may
+# record a new host's key.
+_recording = threading.Lock()
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -94,7 +99,10 @@ def verify(settings: SftpSettings, server_key: paramiko.PKey,
             "connection",
             setting=setting("host_key_policy"), endpoint="sftp",
         )
-    _record(settings, server_key)
+    with _recording:
+        if any(key.asbytes() == presented for key in load_known_keys(settings)):
+            return "known"  # recorded by another worker meanwhile
+        _record(settings, server_key)
     log.warning("recorded the host key of %s (%s) in %s on first connection",
                 settings.address, offered, path)
     return "recorded"
