@@ -459,18 +459,22 @@ class DataUploader:
                 self._halted.set()
                 failures.append(exc)
 
-        self._halted.clear()
         threads = [threading.Thread(target=work, args=(worker, into), daemon=True,
                                     name=f"uploader-worker-{worker.number}")
                    for worker, into in zip(self._workers, outcomes, strict=True)]
         try:
             for thread in threads:
                 thread.start()
-        finally:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            # Ctrl-C while waiting, or a thread that could not start: the workers finish the
+            # jobs they have and take no more.
+            self._halted.set()
             for thread in threads:
                 if thread.ident is not None:
                     thread.join()
-            self._halted.clear()
+            raise
         for into in outcomes:
             results.extend(into)
         if failures:

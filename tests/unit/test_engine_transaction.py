@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -388,6 +389,37 @@ def test_an_engine_error_in_one_of_several_workers_ends_the_pass_and_loses_nothi
     assert visible(rig.pending) == []
     assert all_bytes(rig.uploaded) == before
     assert all(record.status == "completed" for record in rig.store.records.values())
+
+
+def test_a_worker_thread_that_cannot_start_ends_the_pass_once_the_others_finish_their_jobs(
+    make_rig: Callable[..., Rig], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig = make_rig(workers=2)
+    for i in range(20):
+        write_package(rig.pending, f"evt_{i:02d}", age_seconds=100 - i)
+    before = all_bytes(rig.pending)
+    start = threading.Thread.start
+    refused = threading.Event()
+
+    def refuse_the_second_worker(thread: threading.Thread) -> None:
+        if thread.name == "uploader-worker-2":
+            refused.set()
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_the_second_worker)
+    # The first worker's first upload waits for that, so it cannot be ahead by chance.
+    rig.remote.during_transfer = lambda job: refused.wait(5)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        rig.engine.run_once()
+    # The first worker finished the jobs it had (at most one transferring, one recorded) and
+    # took no more.
+    assert len(visible(rig.uploaded)) <= 2 * 2
+    assert all_bytes(rig.pending) | all_bytes(rig.uploaded) == before
+    monkeypatch.undo()
+    rig.engine.run_once()
+    assert visible(rig.pending) == []
+    assert all_bytes(rig.uploaded) == before
 
 
 def test_an_endpoint_outage_starts_no_new_job_in_a_parallel_pass(
