@@ -6,6 +6,7 @@ and it goes through :class:`psycopg.sql.Identifier`.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from psycopg import sql
@@ -88,8 +89,10 @@ def table_identifier(name: str) -> sql.Identifier:
     return sql.Identifier(*name.split("."))
 
 
-def statement(template: str, table: str) -> sql.Composed:
+@functools.lru_cache(maxsize=32)
+def statement(template: str, table: str) -> str:
+    """``template`` for ``table``, quoted as identifiers; rendered once, not at every job."""
     bare = table.split(".")[-1]
     return sql.SQL(template).format(
         table=table_identifier(table), index=sql.Identifier(f"{bare}_pending_idx")
-    )
+    ).as_string(None)
