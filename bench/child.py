@@ -53,19 +53,38 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _maxrss_bytes() -> int:
-    """The peak RSS of this process since it was executed (``VmHWM``).
+def _maxrss_bytes(pid: int | str = "self") -> int:
+    """The peak RSS of a process (this one by default) since it was executed (``VmHWM``).
 
     Not ``getrusage().ru_maxrss``: Linux carries that over from before ``execve``, so a
     child started by a large parent would report the parent's size.
     """
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if pid == "self" else 0
+
+
+def _children_maxrss_bytes() -> dict[str, int]:
+    """The peak RSS of each child process still running (the ``ssh`` clients of
+    ``transport: openssh``), by pid and command name."""
+    found: dict[str, int] = {}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        comm = stat[stat.index("(") + 1: stat.rindex(")")]
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == me:
+            found[f"{entry.name} {comm}"] = _maxrss_bytes(entry.name)
+    return found
 
 
 def _current_rss_bytes() -> int:
@@ -161,6 +180,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if spec.get("control_socket"):
             out["control"] = _time_control(engine, Path(spec["control_socket"]),
                                            int(spec.get("snapshots") or 3))
+        # Before close(), which ends them.
+        out["children_maxrss"] = _children_maxrss_bytes()
     finally:
         engine.close()
     wall = time.perf_counter() - t0

@@ -612,6 +612,7 @@ def row_big_video(ctx: Context) -> RowResult:
         spec = {"config": _settled_config(site)}
         result = run_child(spec, site.root, "big")
         _expect_completed(result, 1, "row 4")
+        piped = _big_video_over_openssh(ctx, site, pg)
         rss = result["maxrss"] / MB
         if ctx.profile_dir is not None and rss > 80:
             for p in site.uploaded.iterdir():
@@ -625,9 +626,28 @@ def row_big_video(ctx: Context) -> RowResult:
                       "was built; "
                       f"{size / result['wall'] / MB:.0f} MB/s, "
                       f"{result['cpu'] / (size / GB):.2f} CPU s/GB")]
-        return RowResult(lines, {"child": result, "bytes": size})
+        ssh_rss = sum(piped["children_maxrss"].values()) / MB
+        lines.append(Line("4", "peak RSS, transport openssh: uploader + its ssh client",
+                          piped["maxrss"] / MB + ssh_rss, None, "MB", None, "reported", None,
+                          f"uploader {piped['maxrss'] / MB:.1f} MB, ssh {ssh_rss:.1f} MB "
+                          f"({len(piped['children_maxrss'])} process); "
+                          f"{size / piped['wall'] / MB:.0f} MB/s, "
+                          f"{piped['cpu'] / (size / GB):.2f} CPU s/GB with the ssh client",
+                          extra={"ssh_client_mb": ssh_rss}))
+        return RowResult(lines, {"child": result, "transport_openssh": piped, "bytes": size})
     finally:
         _cleanup(ctx, pg, sftp, site.root)
+
+
+def _big_video_over_openssh(ctx: Context, site: Site, pg: PostgresEndpoint) -> dict[str, Any]:
+    """Row 4's upload again with ``sftp.transport: openssh``: the same video, moved back."""
+    for path in site.uploaded.iterdir():
+        os.replace(path, site.pending / path.name)
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM events")
+    result = run_child({"config": _settled_config(site, "openssh")}, site.root, "big-openssh")
+    _expect_completed(result, 1, "row 4 (transport openssh)")
+    return result
 
 
 # --- row 5: latency

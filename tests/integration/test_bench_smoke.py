@@ -38,6 +38,9 @@ def test_quick_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> No
     assert {line["row"] for line in measured} >= {"1", "2", "3", "4", "5", "6"}
     for line in measured:
         assert line["uploader"] is not None and line["uploader"] > 0, line
+    # The ssh client of transport openssh is found and measured beside the uploader.
+    [piped_rss] = [line for line in rows if line["row"] == "4" and "openssh" in line["metric"]]
+    assert piped_rss["extra"]["ssh_client_mb"] > 0
     if any(line["row"] == "7" for line in measured):
         # Row 7 also runs its worker counts over a link with a round-trip time.
         assert any("round trip" in line["metric"] for line in measured if line["row"] == "7")
