@@ -36,7 +36,7 @@ from uploader_core.errors import (
     Interrupted,
     TransientError,
 )
-from uploader_core.job import Job, TransferReceipt
+from uploader_core.job import Job, TransferReceipt, nothing_upcoming
 from uploader_plugins.sftp import SftpPlugin, fastsend
 from uploader_plugins.sftp import transfer as transfer_module
 
@@ -87,18 +87,24 @@ def no_progress(done: int, total: int) -> None:
 
 def transfer(plugin: SftpPlugin, job: Job,
              progress: Callable[[int, int], None] = no_progress) -> TransferReceipt:
-    return plugin.transfer_files(job=job, progress=progress)
+    return plugin.transfer_files(job=job, progress=progress,
+                                 upcoming=nothing_upcoming)
 
 
-def assert_uploaded(endpoint: SftpEndpoint, receipt: TransferReceipt, job: Job) -> None:
-    """Both files are on the server under their final names, byte for byte."""
+def assert_uploaded(endpoint: SftpEndpoint, receipt: TransferReceipt, job: Job,
+                    opened_ahead: Job | None = None) -> None:
+    """Both files are on the server under their final names, byte for byte; no temporary
+    file is left but those of ``opened_ahead``, the job whose files were opened ahead."""
     remote_video = endpoint.local_path(receipt.remote_video_path)
     remote_json = endpoint.local_path(receipt.remote_json_path)
     assert sha256_file(remote_video) == sha256_file(job.video_path) == receipt.video_sha256
     assert remote_json.read_bytes() == job.json_path.read_bytes() == job.document
-    leftovers = [p.name for p in (*remote_video.parent.iterdir(), *remote_json.parent.iterdir())
-                 if p.name.endswith(".part")]
-    assert leftovers == []
+    leftovers = sorted(p.name for p in (*remote_video.parent.iterdir(),
+                                        *remote_json.parent.iterdir())
+                       if p.name.endswith(".part"))
+    expected = [] if opened_ahead is None else [f".{opened_ahead.event_id}.json.part",
+                                                f".{opened_ahead.event_id}.mp4.part"]
+    assert leftovers == expected
 
 
 def known_hosts_via(endpoint: SftpEndpoint, port: int, path: Path) -> Path:

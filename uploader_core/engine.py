@@ -46,7 +46,16 @@ from .errors import (
     TransientError,
     UploaderError,
 )
-from .job import Job, JobResult, Outcome, Phase, RecordState, TransferReceipt
+from .job import (
+    Job,
+    JobResult,
+    Outcome,
+    Phase,
+    RecordState,
+    TransferReceipt,
+    UpcomingJob,
+    nothing_upcoming,
+)
 from .monitor import EngineState, Monitor
 from .package import (
     JSON_SUFFIX,
@@ -97,6 +106,7 @@ class _Worker:
     archiver: SideThread[_ToArchive, bool]
     transfers: SideThread[_Recorded, list[TransferReceipt]] | None = None
     in_flight: _Recorded | None = None  # on the transfer thread
+    upcoming: Job | None = None  # recorded, to be transferred once in_flight is done
     results: list[JobResult] | None = None  # of the pass under way
     number: int = 1
 
@@ -184,8 +194,9 @@ class DataUploader:
         worker = _Worker(host, SideThread(lambda handed: self._archive_files(handed.job),
                                           name=f"uploader-archiver{suffix}"), number=number)
         if self._transfers_can_overlap():
-            worker.transfers = SideThread(lambda recorded: self._transfer(recorded, host),
-                                          name=f"uploader-transfer{suffix}")
+            worker.transfers = SideThread(
+                lambda recorded: self._transfer(recorded, host, lambda: worker.upcoming),
+                name=f"uploader-transfer{suffix}")
         return worker
 
     # --- public API
@@ -659,7 +670,7 @@ class DataUploader:
             return None
         self.monitor.phase(job.event_id, Phase.TRANSFER.value)
         try:
-            receipts = self._transfer(recorded, self._lane)
+            receipts = self._transfer(recorded, self._lane, nothing_upcoming)
         except Exception as exc:
             return self._transfer_failed(recorded, exc)
         return self._complete(recorded, receipts)
@@ -729,7 +740,12 @@ class DataUploader:
         previous, worker.in_flight = worker.in_flight, None
         done: Finished[_Recorded, list[TransferReceipt]] | None = None
         if previous is not None and transfers is not None:
-            done = transfers.next_done(wait=True)
+            # The transfer under way may start on the next job while it ends.
+            worker.upcoming = None if start is None else start.job
+            try:
+                done = transfers.next_done(wait=True)
+            finally:
+                worker.upcoming = None
         if previous is not None and done is not None and done.error is not None:
             try:
                 self._add_result(self._after_transfer(previous, done))
@@ -775,7 +791,8 @@ class DataUploader:
         if result is not None and results is not None:
             results.append(result)
 
-    def _transfer(self, recorded: _Recorded, host: PluginHost) -> list[TransferReceipt]:
+    def _transfer(self, recorded: _Recorded, host: PluginHost,
+                  upcoming: UpcomingJob) -> list[TransferReceipt]:
         """Phase 2 with ``host``'s plugins, and a check that the video did not change
         meanwhile; on a worker's transfer thread, so it touches no engine state but the
         monitor."""
@@ -788,7 +805,7 @@ class DataUploader:
             self.monitor.progress(job.event_id, done, total)
 
         self.monitor.transfer_started(job.event_id, job.video_size + job.json_size)
-        receipts = host.transfer_files(job, progress)
+        receipts = host.transfer_files(job, progress, upcoming)
         if not receipts:
             raise ConfigurationError("no plugin returned a transfer receipt for "
                                      f"{job.event_id}; is a transfer plugin enabled?")

@@ -22,7 +22,14 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from .config import Section
-from .job import CheckResult, Job, ProgressCallback, RecordState, TransferReceipt
+from .job import (
+    CheckResult,
+    Job,
+    ProgressCallback,
+    RecordState,
+    TransferReceipt,
+    UpcomingJob,
+)
 from .plugin import hookspec
 
 # --- set-up and tear-down ------------------------------------------------------------------------
@@ -103,7 +110,8 @@ def store_metadata(job: Job) -> RecordState | None:
 
 
 @hookspec
-def transfer_files(job: Job, progress: ProgressCallback) -> TransferReceipt | None:
+def transfer_files(job: Job, progress: ProgressCallback,
+                   upcoming: UpcomingJob) -> TransferReceipt | None:
     """Phase 2: copy the video, then the JSON document, to a remote store.
 
     Upload ``job.open_video()`` and ``job.document`` (never read the video whole into
@@ -111,6 +119,13 @@ def transfer_files(job: Job, progress: ProgressCallback) -> TransferReceipt | No
     as bytes go out; it raises :class:`Interrupted` when the engine is stopping. Return a
     :class:`TransferReceipt` saying where the files are, or ``None`` if this plugin does not
     transfer. At least one implementation must return a receipt.
+
+    ``upcoming()`` never blocks: it returns the job this worker will most likely transfer
+    next, once that job is recorded, else ``None``. A plugin may use it to start that job's
+    transfer early (the SFTP plugin sends its opens while this job's last answers are on
+    their way), but the next call may be for another job, or may not come (the pass
+    stopped): what was started must then be undone or harmless. Plugins that do not look
+    ahead leave the argument out of their signature.
 
     This runs on the worker's transfer thread, one transfer at a time, while the worker's
     thread records the next job and completes the one before. It may be called

@@ -96,6 +96,16 @@ class Job:
             raise
 
 
+UpcomingJob = Callable[[], Job | None]
+"""``upcoming()``, given to ``transfer_files``: the job its worker will most likely transfer
+next, once that job is recorded; ``None`` until then, and for a pass's last job."""
+
+
+def nothing_upcoming() -> Job | None:
+    """An :data:`UpcomingJob` that never knows of a next job."""
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class TransferReceipt:
     """Where a transfer plugin put the files of one job, returned by ``transfer_files``."""

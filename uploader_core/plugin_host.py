@@ -19,7 +19,15 @@ import pluggy
 from . import hookspecs
 from .config import Section
 from .errors import ConfigurationError
-from .job import CheckResult, Job, ProgressCallback, RecordState, TransferReceipt
+from .job import (
+    CheckResult,
+    Job,
+    ProgressCallback,
+    RecordState,
+    TransferReceipt,
+    UpcomingJob,
+    nothing_upcoming,
+)
 from .plugin import ENTRY_POINT_GROUP, PROJECT_NAME
 
 log = logging.getLogger(__name__)
@@ -109,8 +117,9 @@ class PluginHost:
     def store_metadata(self, job: Job) -> list[RecordState]:
         return list(self._pm.hook.store_metadata(job=job))
 
-    def transfer_files(self, job: Job, progress: ProgressCallback) -> list[TransferReceipt]:
-        return list(self._pm.hook.transfer_files(job=job, progress=progress))
+    def transfer_files(self, job: Job, progress: ProgressCallback,
+                       upcoming: UpcomingJob = nothing_upcoming) -> list[TransferReceipt]:
+        return list(self._pm.hook.transfer_files(job=job, progress=progress, upcoming=upcoming))
 
     def mark_completed(self, job: Job, receipts: Sequence[TransferReceipt]) -> None:
         self._pm.hook.mark_completed(job=job, receipts=receipts)

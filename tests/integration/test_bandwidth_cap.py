@@ -23,7 +23,7 @@ from uploader_chaos.proxy import FaultProxy
 from uploader_core import testing
 from uploader_core.config import validate
 from uploader_core.errors import ConfigurationError, Interrupted
-from uploader_core.job import Job
+from uploader_core.job import Job, nothing_upcoming
 from uploader_plugins.sftp import SftpPlugin
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,8 @@ class Rig:
         """Upload ``job``; its file-data rate and its wire rate, in kbps."""
         before = self.proxy.bytes_upstream
         started = time.monotonic()
-        receipt = self.plugin.transfer_files(job=job, progress=progress)
+        receipt = self.plugin.transfer_files(job=job, progress=progress,
+                                             upcoming=nothing_upcoming)
         elapsed = time.monotonic() - started
         wire = self.proxy.bytes_upstream - before
         remote = self.sftp.local_video_dir / f"{job.event_id}.mp4"
@@ -183,7 +184,8 @@ def test_interrupt_wakes_an_upload_paced_by_a_low_cap(rig: Rig, tmp_path: Path) 
     timer.start()
     started = time.monotonic()
     with pytest.raises(Interrupted):
-        rig.plugin.transfer_files(job=job, progress=no_progress)
+        rig.plugin.transfer_files(job=job, progress=no_progress,
+                                  upcoming=nothing_upcoming)
     assert time.monotonic() - started < 2
 
 

@@ -24,7 +24,7 @@ from uploader_chaos.proxy import FaultProxy
 from uploader_core import Outcome, Phase, testing
 from uploader_core.config import validate
 from uploader_core.errors import TransientError
-from uploader_core.job import Job
+from uploader_core.job import Job, nothing_upcoming
 from uploader_core.testing import write_package
 from uploader_plugins.sftp import SftpPlugin, resume
 from uploader_plugins.sftp.transfer import Transfer
@@ -170,7 +170,8 @@ def test_a_partial_file_that_is_a_prefix_is_continued_and_hashed_whole(
                   video[: 5 * MiB + 777])  # as a cut attempt leaves it
     reported: list[int] = []
 
-    receipt = plugin.transfer_files(job=job, progress=lambda done, total: reported.append(done))
+    receipt = plugin.transfer_files(job=job, progress=lambda done, total: reported.append(done),
+                                    upcoming=nothing_upcoming)
 
     assert (sftp_endpoint.local_video_dir / "evt_prefix.mp4").read_bytes() == video
     assert receipt.video_sha256 == hashlib.sha256(video).hexdigest()
@@ -201,7 +202,8 @@ def test_a_partial_file_that_does_not_match_is_written_again_from_the_start(
     place_partial(sftp_endpoint.local_video_dir, ".evt_damaged.mp4.part", bytes(partial))
 
     with caplog.at_level(logging.INFO, logger="uploader_plugins.sftp"):
-        receipt = plugin.transfer_files(job=job, progress=no_progress)
+        receipt = plugin.transfer_files(job=job, progress=no_progress,
+                                        upcoming=nothing_upcoming)
 
     assert message in caplog.text
     assert (sftp_endpoint.local_video_dir / "evt_damaged.mp4").read_bytes() == video
@@ -219,7 +221,8 @@ def test_a_partial_file_holding_the_whole_video_is_only_renamed(
     # The previous attempt was cut after the last write but before the rename.
     place_partial(sftp_endpoint.local_video_dir, ".evt_whole.mp4.part", video)
 
-    receipt = plugin.transfer_files(job=job, progress=no_progress)
+    receipt = plugin.transfer_files(job=job, progress=no_progress,
+                                    upcoming=nothing_upcoming)
 
     assert (sftp_endpoint.local_video_dir / "evt_whole.mp4").read_bytes() == video
     assert receipt.video_sha256 == hashlib.sha256(video).hexdigest()
@@ -247,7 +250,8 @@ def test_a_resumed_upload_cut_again_hashes_from_its_checkpoints(
     proxy.cut_after_bytes(7 * MiB, "upstream", repeat=True)
     for _ in range(10):
         try:
-            receipt = plugin.transfer_files(job=job, progress=no_progress)
+            receipt = plugin.transfer_files(job=job, progress=no_progress,
+                                            upcoming=nothing_upcoming)
             break
         except TransientError:  # the cut; the next attempt resumes
             continue
@@ -311,6 +315,7 @@ def test_temporary_files_of_events_quarantined_while_the_server_is_unreachable_g
 
     proxy.pass_through()
     job = make_job(tmp_path, "evt_next", b"video")
-    plugin.transfer_files(job=job, progress=no_progress)  # its connection removes them
+    plugin.transfer_files(job=job, progress=no_progress,
+                          upcoming=nothing_upcoming)  # its connection removes them
     assert leftovers(sftp_endpoint) == []
     assert (videos / "evt_next.mp4").read_bytes() == b"video"

@@ -4,6 +4,7 @@ completion, with in-memory plugins; each job still goes through its phases in or
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from engine_rig import all_bytes, base_config
@@ -16,7 +17,7 @@ from uploader_core import (
     PermanentJobError,
     hookimpl,
 )
-from uploader_core.job import ProgressCallback, RecordState, TransferReceipt
+from uploader_core.job import ProgressCallback, RecordState, TransferReceipt, UpcomingJob
 from uploader_core.testing import MemoryRemote, memory_plugins, write_package
 
 WAIT = 5.0  # a test waiting on the engine gives up after this instead of hanging
@@ -119,6 +120,37 @@ def test_the_next_job_is_recorded_while_a_job_transfers(tmp_path: Path) -> None:
     assert transfer_threads.isdisjoint(other_threads)
     assert other_threads == {threading.get_ident()}
     assert all_bytes(tmp_path / "uploaded") == before
+
+
+def test_a_transfer_is_told_which_job_comes_next_once_it_is_recorded(tmp_path: Path) -> None:
+    timeline = Timeline()
+    store = TimedStore(timeline)
+    told: dict[str, str | None] = {}
+
+    class LookingAhead(TimedRemote):
+        @hookimpl
+        def transfer_files(self, job: Job, progress: ProgressCallback,
+                           upcoming: UpcomingJob) -> TransferReceipt:
+            following = f"evt_{int(job.event_id[-1]) + 1}"
+            if following != "evt_3":
+                store.recorded_event(following).wait(WAIT)
+                # Recorded, and handed over once this transfer ends.
+                deadline = time.monotonic() + WAIT
+                while upcoming() is None and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            seen = upcoming()
+            told[job.event_id] = None if seen is None else seen.event_id
+            return super().transfer_files(job, progress)
+
+    engine = DataUploader(base_config(tmp_path), load_entry_points=False,
+                          plugins=[("store", store), ("remote", LookingAhead(timeline))])
+    for i in range(3):
+        write_package(tmp_path / "pending", f"evt_{i}", age_seconds=60 - i)
+    with engine:
+        results = engine.run_once()
+
+    assert [r.outcome for r in results] == [Outcome.COMPLETED] * 3
+    assert told == {"evt_0": "evt_1", "evt_1": "evt_2", "evt_2": None}
 
 
 def test_a_plugin_that_records_and_transfers_is_never_called_from_two_threads(

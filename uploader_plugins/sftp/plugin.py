@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import logging
 import posixpath
-import re
 import secrets
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +31,13 @@ import paramiko
 
 from uploader_core.config import Section, resolve_secret
 from uploader_core.errors import ConfigurationError, Interrupted, PermanentJobError, UploaderError
-from uploader_core.job import CheckResult, Job, ProgressCallback, TransferReceipt
+from uploader_core.job import CheckResult, Job, ProgressCallback, TransferReceipt, UpcomingJob
 from uploader_core.plugin import hookimpl
 
 from . import connection, hostkeys, openssh
 from .connection import Interrupter, Session
 from .failures import ConnectionLost, RemoteOp, is_sftp_status, translate
+from .lookahead import Lookahead
 from .resume import PrefixHashes
 from .settings import (
     OPENSSH,
@@ -49,12 +49,9 @@ from .settings import (
     setting,
 )
 from .throttle import RateLimiter
-from .transfer import Transfer, temporary_name
+from .transfer import Transfer, safe_name, temporary_name
 
 log = logging.getLogger(__name__)
-
-# The engine checks event ids before any hook sees them; this guards the remote paths anyway.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 CHECK_CONNECT = "sftp: connect"
 CHECK_HOST_KEY = "sftp: host key"
@@ -88,6 +85,7 @@ class SftpPlugin:
         self._interrupter = Interrupter()
         self._limiter = RateLimiter()
         self._hashes = PrefixHashes()
+        self._lookahead = Lookahead()  # the next job's files, opened ahead on the session
         # Hashes each video while it is being sent; started with the first transfer.
         self._hashing: ThreadPoolExecutor | None = None
         self._transferring = False
@@ -156,18 +154,19 @@ class SftpPlugin:
     # --- phase 2
 
     @hookimpl
-    def transfer_files(self, job: Job, progress: ProgressCallback) -> TransferReceipt:
+    def transfer_files(self, job: Job, progress: ProgressCallback,
+                       upcoming: UpcomingJob) -> TransferReceipt:
         settings, _ = self._configured()
-        if not _SAFE_NAME.fullmatch(job.event_id):
+        if not safe_name(job.event_id):
             raise PermanentJobError(f"event id {job.event_id!r} cannot name a remote file")
         self._transferring = True
         try:
-            return self._transfer(job, progress, settings)
+            return self._transfer(job, progress, settings, upcoming)
         finally:
             self._transferring = False
 
-    def _transfer(self, job: Job, progress: ProgressCallback,
-                  settings: SftpSettings) -> TransferReceipt:
+    def _transfer(self, job: Job, progress: ProgressCallback, settings: SftpSettings,
+                  upcoming: UpcomingJob) -> TransferReceipt:
         total = job.video_size + job.json_size
         for attempt in (1, 2):
             self._interrupter.check(f"uploading {job.event_id}")
@@ -177,7 +176,8 @@ class SftpPlugin:
                                                    thread_name_prefix="uploader-sftp-hash")
             transfer = Transfer(session, settings, self._interrupter, progress, total,
                                 limiter=self._limiter, hashes=self._hashes,
-                                hashing=self._hashing)
+                                hashing=self._hashing, upcoming=upcoming,
+                                lookahead=self._lookahead)
             try:
                 if self._leftovers:
                     self._remove_leftovers(session)
@@ -212,7 +212,7 @@ class SftpPlugin:
 
     def _forget_event(self, event_id: str) -> None:
         settings = self._settings
-        if settings is None or not _SAFE_NAME.fullmatch(event_id):
+        if settings is None or not safe_name(event_id):
             # No upload was ever started under a name that is not a safe event id.
             return
         for directory, suffix in ((settings.remote_video_dir, ".mp4"),
@@ -432,6 +432,7 @@ class SftpPlugin:
     def _drop_session(self) -> None:
         session, self._session = self._session, None
         self._session_outdated = False
+        self._lookahead.forget()
         if session is not None:
             self._interrupter.unregister(session.sock)
             session.close()

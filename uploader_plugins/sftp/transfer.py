@@ -15,6 +15,8 @@ Why it is written this way:
   the JSON is written right behind the video. A job then costs four round trips (the opens,
   the finishes, and one rename per file) whatever its size. The renames are not pipelined:
   the JSON, which consumers take as the trigger, is renamed only once the video is in place.
+  When the next job is known, its opens go out before this job waits for its last answers
+  (:mod:`.lookahead`): three round trips per job in a run of jobs.
   Writes are as large as the server's ``limits@openssh.com`` allows, up to about 256 KiB in
   whole channel packets and whole pages; a server that gives no limit gets requests that fit
   one 32 KiB channel packet (paramiko's own 32 KiB requests overflow it by the request
@@ -42,6 +44,7 @@ import io
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager, suppress
@@ -49,11 +52,12 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from uploader_core.errors import EndpointUnavailable, TransientError
-from uploader_core.job import Job, ProgressCallback, TransferReceipt
+from uploader_core.job import Job, ProgressCallback, TransferReceipt, UpcomingJob
 
 from .connection import Interrupter, Session
 from .failures import RemoteOp, is_sftp_status, translate
 from .fastsend import CHANNEL_SPARE
+from .lookahead import Lookahead, Opening
 from .pipeline import Pipeline, RemoteFile
 from .resume import Checkpoints, FileKey, PrefixHashes, sample_blocks
 from .settings import SftpSettings, setting
@@ -83,6 +87,15 @@ class _Video(_Readable, Protocol):
     def seek(self, offset: int, whence: int = ..., /) -> int: ...
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def safe_name(event_id: str) -> bool:
+    """Whether an event id can name remote files (the engine checks ids first; this guards
+    the remote paths anyway)."""
+    return _SAFE_NAME.fullmatch(event_id) is not None
+
+
 def temporary_name(name: str) -> str:
     """The deterministic name a file has on the server until it is complete."""
     return f".{name}.part"
@@ -108,8 +121,12 @@ class Transfer:
 
     def __init__(self, session: Session, settings: SftpSettings, interrupter: Interrupter,
                  progress: ProgressCallback, total: int, *, limiter: RateLimiter,
-                 hashes: PrefixHashes, hashing: Executor | None = None) -> None:
+                 hashes: PrefixHashes, hashing: Executor | None = None,
+                 upcoming: UpcomingJob | None = None,
+                 lookahead: Lookahead | None = None) -> None:
         self._session = session
+        self._upcoming = upcoming
+        self._lookahead = Lookahead() if lookahead is None else lookahead
         self._settings = settings
         self._interrupter = interrupter
         self._progress = progress
@@ -122,9 +139,7 @@ class Transfer:
     def run(self, job: Job) -> TransferReceipt:
         piece = self._write_size()
         buffer = bytearray(piece * max(1, _READ_SIZE // piece))
-        pipeline = Pipeline(self._session.sftp)
-        video_file = self._destination(f"{job.event_id}.mp4", "remote_video_dir")
-        json_file = self._destination(f"{job.event_id}.json", "remote_json_dir")
+        video_file, json_file = self._destinations(job.event_id)
         with job.open_video() as opened:
             video = cast(_Video, opened)
             st = os.fstat(video.fileno())
@@ -132,12 +147,15 @@ class Transfer:
                             st.st_mtime_ns)
             # One round trip opens both files: the size of what an earlier attempt left of
             # the video (it may be continued, so its open does not truncate), and the JSON's
-            # temporary file, written whole.
-            with self._op(video_file.op("looking at")):
-                stat_request = pipeline.stat(video_file.temporary)
-                video_open = pipeline.open_for_writing(video_file.temporary, truncate=False)
-                json_open = pipeline.open_for_writing(json_file.temporary, truncate=True)
-            unanswered = [video_open, json_open]
+            # temporary file, written whole. Sent ahead by the job before, if it could.
+            opening = self._lookahead.take(job.event_id, self._session, video_file.temporary,
+                                           json_file.temporary)
+            if opening is None:
+                with self._op(video_file.op("looking at")):
+                    opening = Opening.send(job.event_id, self._session, video_file.temporary,
+                                           json_file.temporary)
+            pipeline, stat_request = opening.pipeline, opening.stat
+            unanswered = [opening.video_open, opening.json_open]
             remotes: list[RemoteFile] = []
             try:
                 partial = self._partial_size(pipeline, stat_request, video_file)
@@ -149,10 +167,13 @@ class Transfer:
                                           video_remote, piece, buffer)
                 # The JSON goes out right behind the video, and both files' size queries and
                 # closes are answered in one round trip.
-                video_finish = video_remote.finish()
+                with self._op(video_file.op("closing")):
+                    video_finish = video_remote.finish()
                 self._stream(io.BytesIO(job.document), job.json_size, 0, json_remote, json_file,
                              None, None, piece, buffer)
-                json_finish = json_remote.finish()
+                with self._op(json_file.op("closing")):
+                    json_finish = json_remote.finish()
+                self._send_ahead(job)
                 self._check_complete(pipeline, video_remote, video_finish, video_file,
                                      job.video_size)
                 self._check_complete(pipeline, json_remote, json_finish, json_file,
@@ -172,8 +193,11 @@ class Transfer:
                             remote.close()
                 raise
         self._hashes.forget(key)
-        # The video is in place before its JSON, which consumers take as the trigger.
+        # The video is in place before its JSON, which consumers take as the trigger. The next
+        # job may only have been recorded meanwhile: each wait is a chance to open its files.
+        self._send_ahead(job)
         self._rename(video_file)
+        self._send_ahead(job)
         self._rename(json_file)
         log.debug("uploaded %s and %s (%d and %d bytes)", video_file.final, json_file.final,
                   job.video_size, job.json_size)
@@ -181,7 +205,29 @@ class Transfer:
                                remote_json_path=json_file.final,
                                video_sha256=hasher.hexdigest())
 
+    # --- the next job
+
+    def _send_ahead(self, job: Job) -> None:
+        """Send the opens of the job expected next, once it is known (and only once)."""
+        if self._upcoming is None or self._lookahead.pending:
+            return
+        upcoming = self._upcoming()
+        if upcoming is None or upcoming.event_id == job.event_id \
+                or not safe_name(upcoming.event_id):
+            return
+        video_file, json_file = self._destinations(upcoming.event_id)
+        try:
+            self._lookahead.keep(Opening.send(upcoming.event_id, self._session,
+                                              video_file.temporary, json_file.temporary))
+        except Exception as exc:
+            # The connection failed: this job's own answers will say so.
+            log.debug("could not open the files of %s ahead: %s", upcoming.event_id, exc)
+
     # --- one file
+
+    def _destinations(self, event_id: str) -> tuple[_Destination, _Destination]:
+        return (self._destination(f"{event_id}.mp4", "remote_video_dir"),
+                self._destination(f"{event_id}.json", "remote_json_dir"))
 
     def _destination(self, name: str, dir_key: str) -> _Destination:
         directory = getattr(self._settings, dir_key)
