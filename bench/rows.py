@@ -535,28 +535,35 @@ def row_backlog(ctx: Context) -> RowResult:
         started = time.perf_counter()
         write_small_packages(site.pending, event_ids("old", n), 16, age_seconds=7 * 86400)
         ctx.say(f"    wrote {n} packages in {time.perf_counter() - started:.1f} s")
-        socket_path = site.root / "ctl.sock"
         spec = {"config": _settled_config(site), "pause_after_first": True, "snapshots": 5,
-                "control_socket": str(socket_path), "time_scan": True}
-        result = run_child(spec, site.root, "backlog")
-        # Paused once the first job completed; with one worker the next job's transfer is
-        # already under way then, and it finishes.
-        _expect_completed(result, 1, "row 3", up_to=2)
+                "time_scan": True}
+        # A pass over the whole backlog, several times (each uploads a job or two of it): the
+        # discovery time is the median, the peak RSS the largest.
+        runs = []
+        for rep in range(ctx.scale.small_reps):
+            runs.append(run_child({**spec, "control_socket": str(site.root / f"ctl{rep}.sock")},
+                                  site.root, f"backlog-{rep}"))
+            # Paused once the first job completed; with one worker the next job's transfer
+            # is already under way then, and it finishes.
+            _expect_completed(runs[-1], 1, "row 3", up_to=2)
+        discoveries = [r["marks"]["first_phase"] - r["marks"]["pass_started"] for r in runs]
+        discovery = _median(discoveries)
+        result = runs[discoveries.index(sorted(discoveries)[len(runs) // 2])]
         marks = result["marks"]
-        discovery = marks["first_phase"] - marks["pass_started"]
         first_upload = marks["first_completed"] - marks["pass_started"]
-        rss = result["maxrss"] / MB
+        rss = max(r["maxrss"] for r in runs) / MB
         rss_first = result.get("rss_at_first_completed", 0) / MB
         snap = result["snapshot"]
         control = result.get("control") or {}
         lines = [
             Line("3", f"backlog {n:,}: discovery before first upload", discovery, None, "s",
                  None, "<= 1 s", discovery <= 1.0,
-                 f"first upload completed {first_upload:.2f} s after the pass started; "
-                 f"scanner.scan() alone: {result['scan']['seconds']:.2f} s"),
+                 f"median of {len(runs)} passes ({', '.join(f'{d:.2f}' for d in discoveries)}"
+                 f" s); in that one, the first upload completed {first_upload:.2f} s after the "
+                 f"pass started; scanner.scan() alone: {result['scan']['seconds']:.2f} s"),
             Line("3", "peak RSS", rss, None, "MB", None, "<= 150 MB", rss <= 150,
-                 f"{rss_first:.0f} MB when the first upload completed; the peak includes "
-                 "the snapshots below"),
+                 f"the largest of {len(runs)} passes; {rss_first:.0f} MB when the first upload "
+                 "completed; the peak includes the snapshots below"),
             Line("3", "monitor.snapshot()", snap["median"] * 1000, None, "ms", None,
                  "<= 200 ms", snap["median"] <= 0.2,
                  f"median of 5 (max {snap['max'] * 1000:.0f} ms), the oldest "
@@ -574,11 +581,11 @@ def row_backlog(ctx: Context) -> RowResult:
                                        control.get("reason", "uploader_core.control missing")))
         if ctx.profile_dir is not None and not all(line.met for line in lines if
                                                    line.met is not None):
-            again = {**spec, "control_socket": str(site.root / "ctl2.sock")}
+            again = {**spec, "control_socket": str(site.root / "ctl-profile.sock")}
             _profile(ctx, "row3", again, site.root)
             if not lines[1].met:
                 _profile_memory(ctx, "row3", {**again, "control_socket": None}, site.root)
-        return RowResult(lines, {"child": result})
+        return RowResult(lines, {"child": result, "runs": runs})
     finally:
         _cleanup(ctx, pg, sftp, site.root)
 
