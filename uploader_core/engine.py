@@ -713,10 +713,10 @@ class DataUploader:
         self._worker.archiver.submit(_ToArchive(job, started))
         return None
 
-    # --- transfers on their own thread (one worker)
+    # --- transfers on each worker's transfer thread
 
     def _transfers_can_overlap(self) -> bool:
-        """Whether a transfer may run beside the engine thread's other phases.
+        """Whether a transfer may run beside its worker's other phases.
 
         Only when no plugin that transfers files also takes part in those phases, so that no
         plugin object is ever called from two threads at once. ``post_quarantine`` waits for

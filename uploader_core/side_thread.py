@@ -1,13 +1,13 @@
-"""Work of the engine's that runs on one thread beside it, item after item, in order.
+"""Work of a worker's that runs on one thread beside it, item after item, in order.
 
-With one worker, the engine would otherwise wait for each job's transfer before recording the
-next job, and for each job's archive moves (renames and directory fsyncs) before going on. A
-:class:`SideThread` runs one kind of that work (the engine keeps one for transfers and one for
-archive moves) while the engine thread goes on. The engine thread hands items over, collects
-each outcome in the order it handed them over, and does everything else (hooks, monitor,
-logs, retry bookkeeping) itself.
+A worker would otherwise wait for each job's transfer before recording the next job, and for
+each job's archive moves (renames and directory fsyncs) before going on. A :class:`SideThread`
+runs one kind of that work (each worker keeps one for transfers and one for archive moves)
+while the worker's thread goes on. That thread (the engine's, with one worker) hands items
+over, collects each outcome in the order it handed them over, and does everything else
+(hooks, monitor, logs, retry bookkeeping) itself.
 
-A crash while an item runs here is the same as a crash while the engine thread ran it: the
+A crash while an item runs here is the same as a crash while the worker's thread ran it: the
 calls are the same, and the next pass finishes what they left.
 """
 

@@ -3,11 +3,13 @@
 State lives in the instance, never in the module: every engine (and every test) gets its own
 plugin object, so connections and interrupt requests never leak from one engine to another.
 
-Threading: every hook runs on the engine's thread except :meth:`SftpPlugin.uploader_interrupt`,
-which only sets a flag and shuts sockets down (see :class:`.connection.Interrupter`).
-:meth:`SftpPlugin.uploader_configure` may also come while a transfer is under way: the new
-bandwidth cap applies to it at once, and a connection whose settings changed is dropped only
-once that transfer is over.
+Threading: the engine never calls this object from two threads at once (``transfer_files``
+runs on its worker's transfer thread, the other hooks on the worker's own), except
+:meth:`SftpPlugin.uploader_interrupt`, which only sets a flag and shuts sockets down (see
+:class:`.connection.Interrupter`).
+The engine reconfigures plugins between transfers; should :meth:`SftpPlugin.uploader_configure`
+come while one is under way all the same, the new bandwidth cap applies to it at once, and a
+connection whose settings changed is dropped only once that transfer is over.
 
 Temporary files of quarantined events: ``post_quarantine`` removes them on the server, over
 the kept connection or a new one. When the server cannot be reached they are remembered and
