@@ -373,15 +373,23 @@ class DataUploader:
         if self._stop.is_set() or self._paused.is_set() or self._halted.is_set():
             return False
         if self._reload.is_set():
-            if len(self._workers) > 1:
-                # Not while another worker may be transferring: the pass ends once the jobs
-                # under way are done, and the reload applies then (_run_in_parallel).
-                return False
+            if not self._reload_between_jobs:
+                return False  # the pass ends for it
             # Between jobs, so a new bandwidth cap or timeout does not wait for a backlog; not
             # during a transfer, so that no plugin is reconfigured while it works.
             self._settle_in_flight()
             self._reload_now()
         return True
+
+    @property
+    def _reload_between_jobs(self) -> bool:
+        """Whether a reload asked for during a pass applies between a worker's jobs.
+
+        Only with one worker: with several, another worker may be transferring, and no
+        plugin is reconfigured while it works. The pass then ends once the jobs under way
+        are done, and the reload applies then (:meth:`_run_in_parallel`).
+        """
+        return len(self._workers) == 1
 
     def _reload_now(self) -> None:
         """Apply the reload asked for during the pass (no transfer is under way)."""
@@ -755,9 +763,8 @@ class DataUploader:
                 self._add_result(stopped.args[0])
                 raise _PassStopped(self._not_transferred(start, "the pass stopped")) from stopped
         if start is not None and transfers is not None:
-            if self._reload.is_set() and len(self._workers) == 1:
+            if self._reload.is_set() and self._reload_between_jobs:
                 # Asked for since this job was recorded: it applies from this transfer on.
-                # (With several, another worker may be transferring: see _keep_going.)
                 self._reload_now()
             self.monitor.phase(start.job.event_id, Phase.TRANSFER.value)
             worker.in_flight = start

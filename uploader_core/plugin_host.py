@@ -26,7 +26,6 @@ from .job import (
     RecordState,
     TransferReceipt,
     UpcomingJob,
-    nothing_upcoming,
 )
 from .plugin import ENTRY_POINT_GROUP, PROJECT_NAME
 
@@ -118,7 +117,7 @@ class PluginHost:
         return list(self._pm.hook.store_metadata(job=job))
 
     def transfer_files(self, job: Job, progress: ProgressCallback,
-                       upcoming: UpcomingJob = nothing_upcoming) -> list[TransferReceipt]:
+                       upcoming: UpcomingJob) -> list[TransferReceipt]:
         return list(self._pm.hook.transfer_files(job=job, progress=progress, upcoming=upcoming))
 
     def mark_completed(self, job: Job, receipts: Sequence[TransferReceipt]) -> None:

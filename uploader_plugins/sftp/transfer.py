@@ -121,12 +121,11 @@ class Transfer:
 
     def __init__(self, session: Session, settings: SftpSettings, interrupter: Interrupter,
                  progress: ProgressCallback, total: int, *, limiter: RateLimiter,
-                 hashes: PrefixHashes, hashing: Executor | None = None,
-                 upcoming: UpcomingJob | None = None,
-                 lookahead: Lookahead | None = None) -> None:
+                 hashes: PrefixHashes, hashing: Executor | None, upcoming: UpcomingJob,
+                 lookahead: Lookahead) -> None:
         self._session = session
         self._upcoming = upcoming
-        self._lookahead = Lookahead() if lookahead is None else lookahead
+        self._lookahead = lookahead
         self._settings = settings
         self._interrupter = interrupter
         self._progress = progress
@@ -209,7 +208,7 @@ class Transfer:
 
     def _send_ahead(self, job: Job) -> None:
         """Send the opens of the job expected next, once it is known (and only once)."""
-        if self._upcoming is None or self._lookahead.pending:
+        if self._lookahead.pending:
             return
         upcoming = self._upcoming()
         if upcoming is None or upcoming.event_id == job.event_id \
