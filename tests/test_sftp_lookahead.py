@@ -24,6 +24,7 @@ from test_sftp_plugin import (
 )
 
 from uploader_core.config import validate
+from uploader_core.errors import UploaderError
 from uploader_core.job import Job, TransferReceipt, nothing_upcoming
 from uploader_plugins.sftp import SftpPlugin
 
@@ -141,3 +142,29 @@ def test_an_opening_in_directories_a_reload_changed_is_closed_and_the_job_goes_t
     assert looked_ahead(plugin) == (0, 1)
     assert plugin.connections_made == 1  # the connection's own settings did not change
     assert files_open_under(sftp_endpoint.local_video_dir, moved) == []
+
+
+def test_an_open_sent_ahead_that_the_server_refuses_fails_its_own_job_with_the_same_message(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, tmp_path: Path) -> None:
+    plugin = make_plugin(sftp_endpoint.config_section())
+    first, blocked = write_job(tmp_path, "evt_first", 200_000), \
+        write_job(tmp_path, "evt_blocked", 200_000)
+    # A directory where the video's temporary file would go: the server refuses the open.
+    obstacle = sftp_endpoint.local_video_dir / ".evt_blocked.mp4.part"
+    obstacle.mkdir()
+    local = {p: p.read_bytes() for p in (blocked.video_path, blocked.json_path)}
+
+    # The refusal belongs to the job it was sent for, not to the one that sent it.
+    assert_uploaded(sftp_endpoint.endpoint, send(plugin, first, lambda: blocked), first,
+                    opened_ahead=blocked)
+    with pytest.raises(UploaderError) as ahead:
+        send(plugin, blocked)
+    with pytest.raises(UploaderError) as direct:  # the same job, without a lookahead
+        send(plugin, blocked)
+
+    assert looked_ahead(plugin)[0] == 1
+    assert ".evt_blocked.mp4.part" in str(ahead.value)
+    assert type(ahead.value) is type(direct.value)
+    assert str(ahead.value) == str(direct.value)
+    assert {p: p.read_bytes() for p in local} == local  # the plugin only reads them
+    print(f"\nrefused open, sent ahead: {ahead.value}")
