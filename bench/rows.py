@@ -759,6 +759,44 @@ def _percentile(values: list[float], pct: float) -> float:
 # --- row 6: fleet
 
 
+def _start_together(procs: list[tuple[subprocess.Popen[str], Path]],
+                    configs: list[tuple[Site, dict[str, Any]]], name: str) -> None:
+    """Start an engine child per site, appending each to ``procs`` (for the caller to kill on
+    the way out); return once every one has imported everything and waits for "go"."""
+    for site, config in configs:
+        spec_path = site.root / f"{name}.spec.json"
+        spec_path.write_text(json.dumps({"config": config, "wait_for_go": True}))
+        log_path = site.root / f"{name}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(child_command(spec_path), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+        procs.append((proc, log_path))
+    for proc, log_path in procs:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise ChildFailed(f"a {name} engine did not start: {log_path.read_text()[-2000:]}")
+
+
+def _go_together(procs: list[tuple[subprocess.Popen[str], Path]]) -> list[dict[str, Any]]:
+    """Let the engines started by :func:`_start_together` run; their results."""
+    for proc, _ in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc, log_path in procs:
+        out, _ = proc.communicate(timeout=1800)
+        results.append(parse_result(out, proc.returncode, log_path))
+    return results
+
+
+def _kill(procs: list[tuple[subprocess.Popen[str], Path]]) -> None:
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def row_fleet(ctx: Context) -> RowResult:
     engines = ctx.scale.fleet_engines
     per = ctx.scale.fleet_events
@@ -774,23 +812,10 @@ def row_fleet(ctx: Context) -> RowResult:
             write_small_packages(site.pending, event_ids(f"dev{e:02d}", per),
                                  ctx.scale.fleet_video, age_seconds=60)
             sites.append(site)
-        for e, site in enumerate(sites):
-            spec_path = site.root / "fleet.spec.json"
-            spec_path.write_text(json.dumps({
-                "config": _settled_config(site, database={
-                    **site.config()["uploader"]["database"],
-                    "application_name": f"bench-fleet-{e:02d}"}),
-                "wait_for_go": True}))
-            log_path = site.root / "fleet.log"
-            with open(log_path, "w") as log:
-                proc = subprocess.Popen(child_command(spec_path), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=log, text=True,
-                                        cwd=ROOT)
-            procs.append((proc, log_path))
-        for proc, log_path in procs:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
-                raise ChildFailed(f"a fleet engine did not start: {log_path.read_text()[-2000:]}")
+        _start_together(procs, [(site, _settled_config(site, database={
+            **site.config()["uploader"]["database"],
+            "application_name": f"bench-fleet-{e:02d}"})) for e, site in enumerate(sites)],
+            "fleet")
 
         def poll() -> None:
             with psycopg.connect(ctx.bench.postgres.admin_conninfo(), autocommit=True) as conn:
@@ -803,14 +828,7 @@ def row_fleet(ctx: Context) -> RowResult:
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        for proc, _ in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for proc, log_path in procs:
-            out, _ = proc.communicate(timeout=1800)
-            results.append(parse_result(out, proc.returncode, log_path))
+        results = _go_together(procs)
         stop_polling.set()
         poller.join(timeout=5)
         for r in results:
@@ -832,10 +850,7 @@ def row_fleet(ctx: Context) -> RowResult:
                                  "per_engine_wall": [r["wall"] for r in results]})
     finally:
         stop_polling.set()
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        _kill(procs)
         _cleanup(ctx, pg, sftp, *(s.root for s in sites))
 
 
@@ -874,6 +889,60 @@ def _workers_vs_floor(ctx: Context, src: Path, ids: list[str], rtt: float, lines
         details[f"small_w{w}{tag}"] = runs
         floors.extend(pairs)
     details[f"small_floor{tag}"] = floors
+
+
+def _split_engines(ctx: Context, src: Path, ids: list[str], count: int) -> dict[str, Any]:
+    """``ids`` dealt out to ``count`` engines, each a process of its own with one worker,
+    against one database and one remote tree, started together: the time from the first
+    engine's start to the last one's end."""
+    pg, sftp = _fresh(ctx, "split")
+    sites = [Site(ctx.scratch / ctx.bench.unique(f"split{e}"), pg, sftp) for e in range(count)]
+    procs: list[tuple[subprocess.Popen[str], Path]] = []
+    try:
+        for e, site in enumerate(sites):
+            site.make_dirs()
+            link_packages(src, site.pending, ids[e::count])
+        _start_together(procs, [(site, _settled_config(site)) for site in sites], "split")
+        results = _go_together(procs)
+        for e, r in enumerate(results):
+            _expect_completed(r, len(ids[e::count]), "row 7 (engines in processes)")
+        return {"wall": max(r["finished_wall"] for r in results)
+                - min(r["started_wall"] for r in results),
+                "cpu": sum(r["cpu"] for r in results),
+                # Each engine measured the whole machine over its own run; they overlap.
+                "machine_cpu": max(r["machine_cpu"] for r in results)}
+    finally:
+        _kill(procs)
+        _cleanup(ctx, pg, sftp, *(site.root for site in sites))
+
+
+def _split_engines_vs_floor(ctx: Context, src: Path, ids: list[str], lines: list[Line],
+                            details: dict[str, Any]) -> None:
+    """Row 2's events split between as many engine processes as the parallel worker counts,
+    each beside a floor run of its own: what parallel workers could give if they did not
+    share one interpreter (and its lock) in one process."""
+    for count in (w for w in ctx.scale.workers if w > 1):
+        runs: list[dict[str, Any]] = []
+        pairs: list[dict[str, Any]] = []
+        for rep in range(ctx.scale.small_reps):
+            order = ("floor", "engines") if rep % 2 == 0 else ("engines", "floor")
+            for who in order:
+                if who == "floor":
+                    pairs.append(_small_floor(ctx, src, ids))
+                else:
+                    runs.append(_split_engines(ctx, src, ids, count))
+        ratio = _median([r["wall"] / f["wall"] for r, f in zip(runs, pairs, strict=True)])
+        up_time = _median([r["wall"] for r in runs])
+        floor_time = _median([f["wall"] for f in pairs])
+        ctx.say(f"    {count} engines in processes: {up_time:.2f} s vs {floor_time:.2f} s "
+                f"({ratio:.2f}x)")
+        lines.append(Line("7", f"row 2 time, {count} engines of 1 worker, one process each",
+                          up_time, floor_time, "s", ratio, "reported", None,
+                          f"median of {ctx.scale.small_reps} pairs; the events dealt out to "
+                          f"{count} engines started together: parallel uploads without a "
+                          "shared interpreter; " + _machine_note(runs, pairs)))
+        details[f"small_split{count}"] = runs
+        details[f"small_split{count}_floor"] = pairs
 
 
 def row_workers(ctx: Context) -> RowResult:
@@ -924,6 +993,7 @@ def row_workers(ctx: Context) -> RowResult:
     src, ids = _small_source(ctx, n, ctx.scale.small_video)
     try:
         _workers_vs_floor(ctx, src, ids, 0.0, lines, details)
+        _split_engines_vs_floor(ctx, src, ids, lines, details)
         # A device's uplink: every request that waits for its answer costs a round trip.
         _workers_vs_floor(ctx, src, ids[: ctx.scale.link_events], ctx.scale.link_rtt, lines,
                           details)

@@ -44,6 +44,11 @@ def test_quick_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> No
     if any(line["row"] == "7" for line in measured):
         # Row 7 also runs its worker counts over a link with a round-trip time.
         assert any("round trip" in line["metric"] for line in measured if line["row"] == "7")
+        # And the same events dealt out to engine processes of their own, beside the floor.
+        split = [line for line in measured if "one process each" in line["metric"]]
+        assert [line["metric"] for line in split] == [
+            f"row 2 time, {n} engines of 1 worker, one process each" for n in (2, 4)]
+        assert all(line["reference"] > 0 for line in split), split
 
     machine = data["machine"]
     assert machine["cores"] >= 1
