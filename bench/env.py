@@ -30,6 +30,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from servers import PostgresEndpoint, SftpDirs  # noqa: E402
+from servers.device import DeviceDirs, device_config  # noqa: E402
 from servers.pool import ServerPool  # noqa: E402
 
 _names = itertools.count(1)
@@ -40,46 +41,18 @@ def _no_fixtures(name: str) -> Any:
 
 
 @dataclass
-class Site:
+class Site(DeviceDirs):
     """One device: its local directories, its database, its remote tree, its configuration."""
 
-    root: Path
     pg: PostgresEndpoint
     sftp: SftpDirs
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def pending(self) -> Path:
-        return self.root / "pending"
-
-    @property
-    def uploaded(self) -> Path:
-        return self.root / "uploaded"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "failed"
-
     def config(self, **overrides: Any) -> dict[str, Any]:
-        section: dict[str, Any] = {
-            "pending_upload_dir": str(self.pending),
-            "uploaded_dir": str(self.uploaded),
-            "failed_dir": str(self.failed),
-            "scan_interval_seconds": 0.2,
-            "settle_seconds": 0,
-            "log_level": "INFO",
-            "retry": {"initial_backoff_seconds": 0, "max_backoff_seconds": 0},
-            "database": {**self.pg.config_section(), "connect_timeout_seconds": 5,
-                         "statement_timeout_seconds": 30},
-            "sftp": {**self.sftp.config_section(), "timeout_seconds": 30},
-        }
-        section.update(self.overrides)
-        section.update(overrides)
-        return {"uploader": section}
-
-    def make_dirs(self) -> None:
-        for path in (self.pending, self.uploaded, self.failed):
-            path.mkdir(parents=True, exist_ok=True)
+        # Longer timeouts than the tests': a loaded benchmark machine must not time out.
+        return device_config(self.root, self.pg, self.sftp, connect_timeout_seconds=5,
+                             statement_timeout_seconds=30, sftp_timeout_seconds=30,
+                             **{"log_level": "INFO", **self.overrides, **overrides})
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import yaml
 from servers import PostgresEndpoint, SftpDirs
+from servers.device import DeviceDirs, device_config
 
 from uploader_core import DataUploader
 
@@ -20,25 +21,12 @@ DRIVER = HERE / "engine_driver.py"
 
 
 @dataclass
-class Site:
+class Site(DeviceDirs):
     """One device's directories and configuration against the test's servers."""
 
-    root: Path
     config: dict[str, Any]
     pg: PostgresEndpoint
     sftp: SftpDirs
-
-    @property
-    def pending(self) -> Path:
-        return self.root / "pending"
-
-    @property
-    def uploaded(self) -> Path:
-        return self.root / "uploaded"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "failed"
 
     def engine(self, **kwargs: Any) -> DataUploader:
         return DataUploader(self.config, **kwargs)
@@ -98,19 +86,9 @@ def snapshot(pending: Path) -> dict[str, dict[str, bytes]]:
 
 def site_config(root: Path, pg: PostgresEndpoint, sftp: SftpDirs, **overrides: Any
                 ) -> dict[str, Any]:
-    section: dict[str, Any] = {
-        "pending_upload_dir": str(root / "pending"),
-        "uploaded_dir": str(root / "uploaded"),
-        "failed_dir": str(root / "failed"),
-        "scan_interval_seconds": 0.2,
-        "settle_seconds": 0,
-        "retry": {"initial_backoff_seconds": 0, "max_backoff_seconds": 0},
-        "database": {**pg.config_section(), "connect_timeout_seconds": 3,
-                     "statement_timeout_seconds": 5},
-        "sftp": {**sftp.config_section(), "timeout_seconds": 5},
-    }
-    section.update(overrides)
-    return {"uploader": section}
+    # Short timeouts: a fault test waits out each one.
+    return device_config(root, pg, sftp, connect_timeout_seconds=3,
+                         statement_timeout_seconds=5, sftp_timeout_seconds=5, **overrides)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120
