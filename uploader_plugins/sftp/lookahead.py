@@ -21,7 +21,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from .connection import Session
-from .pipeline import Pipeline, RemoteFile
+from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,25 @@ class Opening:
                    video_open, json_open)
 
     def release(self) -> None:
-        """Close the files it opened, if its connection still works; never raises."""
+        """Close the files it opened, if its connection still works; never raises.
+
+        Both closes go out before either answer is waited for: one round trip. The files
+        stay: by now another worker may be uploading the same event into them.
+        """
         if not self.session.alive():
             return  # the server closed them with the connection
+        pipeline = self.pipeline
+        handles = []
         for request in (self.video_open, self.json_open):
             with suppress(Exception):
-                RemoteFile(self.pipeline, self.pipeline.handle(request)).close()
+                handles.append(pipeline.handle(request))
+        closes = []
+        for handle in handles:
+            with suppress(Exception):
+                closes.append(pipeline.close(handle))
+        for close in closes:
+            with suppress(Exception):
+                pipeline.status(close)
 
 
 class Lookahead:

@@ -146,6 +146,9 @@ class Pipeline:
     def stat(self, path: str) -> int:
         return self.send(CMD_STAT, path)
 
+    def close(self, handle: bytes) -> int:
+        return self.send(CMD_CLOSE, handle)
+
     def open_for_writing(self, path: str, *, truncate: bool) -> int:
         flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | (SFTP_FLAG_TRUNC if truncate else 0)
         return self.send(CMD_OPEN, path, flags, paramiko.SFTPAttributes())
@@ -210,7 +213,7 @@ class RemoteFile:
         (:meth:`Pipeline.attributes`), then the close (:meth:`Pipeline.status`).
         """
         size = self._pipeline.send(CMD_FSTAT, self._handle)
-        close = self._pipeline.send(CMD_CLOSE, self._handle)
+        close = self._pipeline.close(self._handle)
         self.close_sent = True
         return size, close
 
@@ -224,4 +227,4 @@ class RemoteFile:
         if self.close_sent:
             return
         self.close_sent = True
-        self._pipeline.status(self._pipeline.send(CMD_CLOSE, self._handle))
+        self._pipeline.status(self._pipeline.close(self._handle))
