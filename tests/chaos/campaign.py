@@ -69,6 +69,7 @@ class Options:
     max_video: int = 8 * 1024 * 1024
     drain_timeout: float | None = None
     engine: str = "cli"
+    workers: int = 1
     keep: bool = False
 
     def resolved(self) -> Options:
@@ -82,7 +83,7 @@ class Options:
             window=window, kinds=self.kinds, max_video=self.max_video,
             drain_timeout=self.drain_timeout if self.drain_timeout is not None else (
                 60.0 + self.events * 0.1),
-            engine=self.engine, keep=self.keep)
+            engine=self.engine, workers=self.workers, keep=self.keep)
 
     def command(self) -> str:
         parts = [f"--seed {self.seed}", f"--events {self.events}"]
@@ -96,6 +97,8 @@ class Options:
             parts.append(f"--kinds {','.join(self.kinds)}")
         if self.engine != "cli":
             parts.append(f"--engine {self.engine}")
+        if self.workers != 1:
+            parts.append(f"--workers {self.workers}")
         return "scripts/chaos " + " ".join(parts)
 
 
@@ -114,7 +117,8 @@ def _shielded() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _engine_config(site: Path, db: dict[str, Any], sftp: dict[str, Any]) -> dict[str, Any]:
+def _engine_config(site: Path, db: dict[str, Any], sftp: dict[str, Any], workers: int
+                   ) -> dict[str, Any]:
     socket_path = site / "uploader.sock"
     if len(str(socket_path).encode()) > 90:  # sockaddr_un's limit, with room for a temp name
         socket_path = Path(tempfile.gettempdir()) / f"uploader-chaos-{os.getpid()}.sock"
@@ -127,6 +131,7 @@ def _engine_config(site: Path, db: dict[str, Any], sftp: dict[str, Any]) -> dict
         "orphan_timeout_seconds": ORPHAN_TIMEOUT,
         "max_metadata_bytes": workload_mod.MAX_METADATA_BYTES,
         "log_level": "INFO",
+        "workers": workers,
         "retry": {"initial_backoff_seconds": 0.2, "max_backoff_seconds": 2},
         "control": {"enabled": True, "socket_path": str(socket_path)},
         "database": {**db, "connect_timeout_seconds": ENGINE_TIMEOUT,
@@ -215,7 +220,7 @@ class _Campaign:
                         "host_key_policy": "accept-new",
                         "known_hosts_path": str(site / "known_hosts")}
         config = _engine_config(site, {**pg.config_section(), "port": db_proxy.port},
-                                sftp_section)
+                                sftp_section, o.workers)
         config_path = site / "uploader.yaml"
         config_path.write_text(yaml.safe_dump(config))
         with DataUploader(config) as setup_engine:
@@ -412,6 +417,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=("cli", "driver"), default="cli",
                         help="run the engine as 'uploader run -c' (default) or through "
                              "tests/integration/engine_driver.py --loop")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the engine's uploader.workers (default 1)")
     parser.add_argument("--workdir", type=Path,
                         help="where the device's directories go (default: a new temporary "
                              "directory, removed unless the campaign fails or --keep)")
@@ -429,10 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.events < 0 or (args.malformed is not None and args.malformed < 0):
         print("chaos: --events and --malformed must not be negative", file=sys.stderr)
         return EXIT_USAGE
+    if args.workers < 1:
+        print("chaos: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     options = Options(seed=seed, events=args.events, malformed=args.malformed,
                       faults=args.faults, window=args.window, kinds=args.kinds,
                       max_video=max(1, int(args.max_video_mb * 2**20)),
-                      drain_timeout=args.drain_timeout, engine=args.engine, keep=args.keep)
+                      drain_timeout=args.drain_timeout, engine=args.engine,
+                      workers=args.workers, keep=args.keep)
     print(f"chaos campaign: seed {seed}", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
 
