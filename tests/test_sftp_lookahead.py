@@ -73,7 +73,11 @@ def test_each_job_uses_the_files_opened_for_it_by_the_job_before(
 
     for n, job in enumerate(jobs):
         following = jobs[n + 1] if n + 1 < len(jobs) else None
-        receipt = send(plugin, job, lambda following=following: following)
+
+        def upcoming(following: Job | None = following) -> Job | None:
+            return following
+
+        receipt = send(plugin, job, upcoming)
         assert_uploaded(sftp_endpoint.endpoint, receipt, job, opened_ahead=following)
 
     assert looked_ahead(plugin) == (4, 0)

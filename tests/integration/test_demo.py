@@ -3,9 +3,12 @@ nothing left behind."""
 
 from __future__ import annotations
 
+import glob
 import importlib.machinery
+import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,11 +96,13 @@ def test_without_system_postgresql_the_demo_uses_pgservers_binaries(
     (bundled / "initdb").touch()
     spec = importlib.machinery.ModuleSpec("pgserver", None,
                                           origin=str(tmp_path / "pgserver" / "__init__.py"))
-    monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
-    monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
-    monkeypatch.setattr(postgres.importlib.util, "find_spec",
+    # The postgres module calls glob.glob, shutil.which and importlib.util.find_spec through
+    # the modules, so patching the modules reaches it.
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: spec if name == "pgserver" else None)
     assert postgres.find_bindir() == bundled
-    monkeypatch.setattr(postgres.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(postgres.DemoSetupError, match=r"edge-uploader\[demo\]"):
         postgres.find_bindir()

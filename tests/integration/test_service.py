@@ -99,8 +99,12 @@ def test_new_events_upload_within_a_second_of_settling(site: Site) -> None:
         for i in range(8):
             write_package(site.pending, f"evt_{i}", video=1_000_000, age_seconds=0)
             settled = (site.pending / f"evt_{i}.json").stat().st_mtime + 0.5
+
+            def has_completed(i: int = i) -> bool:
+                return f"evt_{i}" in completed
+
             with arrived:
-                assert arrived.wait_for(lambda i=i: f"evt_{i}" in completed, 30)
+                assert arrived.wait_for(has_completed, 30)
             latencies.append(completed[f"evt_{i}"] - settled)
     finally:
         engine.request_stop()

@@ -349,8 +349,10 @@ def test_a_subscriber_that_reads_nothing_is_dropped_and_never_slows_the_engine(
             monitor.phase(f"evt_{i}", "transfer")
             slowest = max(slowest, time.perf_counter() - started)
             if i % 100 == 99:  # a reader that keeps up, as the TUI does
-                wait_until(lambda i=i: len(received) > i - 500 or bool(failures),
-                           "the reader to keep up")
+                def kept_up(i: int = i) -> bool:
+                    return len(received) > i - 500 or bool(failures)
+
+                wait_until(kept_up, "the reader to keep up")
         thread.join(DEADLINE)
     assert not failures
     assert [m["event"]["event_id"] for m in received] == [f"evt_{i}" for i in range(20_000)]
@@ -382,12 +384,15 @@ def test_events_keep_flowing_when_they_arrive_while_the_server_wakes_up(
     # "already woken" flag set for good, and the stream stalled. Publishing from another
     # thread without pause makes that moment come up thousands of times.
     monitor = served.engine.monitor
+
+    def publish(r: int) -> None:
+        for i in range(1000):
+            monitor.phase(f"evt_{r}_{i}", "transfer")
+
     with ControlConnection(served.path) as connection:
         connection.request("subscribe", snapshot=False)
         for round_ in range(100):
-            publisher = threading.Thread(
-                target=lambda r=round_: [monitor.phase(f"evt_{r}_{i}", "transfer")
-                                         for i in range(1000)])
+            publisher = threading.Thread(target=publish, args=(round_,))
             publisher.start()
             for i in range(1000):
                 message = connection.next_message(5.0)

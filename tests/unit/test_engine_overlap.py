@@ -128,9 +128,12 @@ def test_a_transfer_is_told_which_job_comes_next_once_it_is_recorded(tmp_path: P
     told: dict[str, str | None] = {}
 
     class LookingAhead(TimedRemote):
+        # pluggy calls an implementation with the hook arguments it names, and this one names
+        # ``upcoming`` too: it is only ever called through the hook, never as a TimedRemote.
         @hookimpl
-        def transfer_files(self, job: Job, progress: ProgressCallback,
-                           upcoming: UpcomingJob) -> TransferReceipt:
+        def transfer_files(  # type: ignore[override]
+                self, job: Job, progress: ProgressCallback,
+                upcoming: UpcomingJob) -> TransferReceipt:
             following = f"evt_{int(job.event_id[-1]) + 1}"
             if following != "evt_3":
                 store.recorded_event(following).wait(WAIT)

@@ -16,6 +16,7 @@ from uploader_core import (
     ConfigurationError,
     EndpointUnavailable,
     Job,
+    JobResult,
     Outcome,
     Phase,
     TransientError,
@@ -24,7 +25,7 @@ from uploader_core import (
 from uploader_core.testing import write_package
 
 
-def outcomes(results: list) -> dict[str, Outcome]:
+def outcomes(results: list[JobResult]) -> dict[str, Outcome]:
     return {r.event_id: r.outcome for r in results}
 
 
@@ -409,7 +410,10 @@ def test_a_worker_thread_that_cannot_start_ends_the_pass_once_the_others_finish_
 
     monkeypatch.setattr(threading.Thread, "start", refuse_the_second_worker)
     # The first worker's first upload waits for that, so it cannot be ahead by chance.
-    rig.remote.during_transfer = lambda job: refused.wait(5)
+    def wait_for_the_refusal(job: Job) -> None:
+        refused.wait(5)
+
+    rig.remote.during_transfer = wait_for_the_refusal
     with pytest.raises(RuntimeError, match="can't start new thread"):
         rig.engine.run_once()
     # The first worker finished the jobs it had (at most one transferring, one recorded) and
