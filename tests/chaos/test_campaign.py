@@ -1,8 +1,8 @@
 """A short chaos campaign in the test suite: every fault kind, every malformed kind, a strict audit.
 
-It takes about a minute. The seed is fixed so that a failure reproduces with
-``scripts/chaos --seed ... --events ...`` (printed with the summary); set
-``UPLOADER_CHAOS_SEED`` to run another one.
+It takes about a minute, once with one worker and once with three. The seed is fixed so that
+a failure reproduces with ``scripts/chaos --seed ... --events ... [--workers 3]`` (printed with
+the summary); set ``UPLOADER_CHAOS_SEED`` to run another one.
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 SEED = int(os.environ.get("UPLOADER_CHAOS_SEED", "20261128"))
 
 
+# With several workers, faults also land while one worker's job is mid-transfer and another's
+# is being recorded or completed, and a worker's next job may already be opened on the server.
+@pytest.mark.parametrize("workers", [1, 3])
 def test_short_campaign_loses_and_duplicates_nothing(
-    postgres_server: PostgresServer, sftp_server: SftpServer, tmp_path: Path
+    postgres_server: PostgresServer, sftp_server: SftpServer, tmp_path: Path, workers: int
 ) -> None:
     started = time.monotonic()
-    options = Options(seed=SEED, events=80, faults=16, window=40, drain_timeout=60)
+    options = Options(seed=SEED, events=80, faults=16, window=40, drain_timeout=60,
+                      workers=workers)
     summary = run_campaign(options, postgres_server, sftp_server, tmp_path)
     print(f"\n{summary.table()}\n(campaign test took {time.monotonic() - started:.0f} s)")
 
