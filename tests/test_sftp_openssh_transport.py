@@ -10,6 +10,7 @@ outlive the test that started it.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -229,6 +230,22 @@ def test_one_ssh_process_serves_every_job_and_exits_at_shutdown(
     assert session.process.returncode is not None
     assert ssh_children() == []
     assert took < 3
+
+
+def test_the_socket_towards_ssh_holds_several_write_requests(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, ssh_sessions: list[Session],
+        tmp_path: Path) -> None:
+    plugin = openssh_plugin(make_plugin, sftp_endpoint.config_section())
+    job = write_job(tmp_path, "evt_buffered", 2 * MiB)
+    assert_uploaded(sftp_endpoint.endpoint, transfer(plugin, job), job)
+
+    [session] = ssh_sessions
+    assert session.write_limit is not None
+    # Linux reports twice the size asked for (its bookkeeping included), capped by wmem_max.
+    wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    granted = session.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert granted == 2 * min(openssh._SEND_BUFFER, wmem_max)
+    assert 4 * session.write_limit <= openssh._SEND_BUFFER
 
 
 def test_a_kept_ssh_process_whose_link_died_is_replaced_within_the_same_job(

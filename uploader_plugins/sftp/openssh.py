@@ -56,6 +56,9 @@ _TIMED_OUT = ("timed out", "Connection timed out during banner exchange")
 _ADDED = "Permanently added"
 _NOT_ADDED = "Failed to add the host"
 
+# The local socket's send buffer towards ssh: a few of the largest write requests.
+_SEND_BUFFER = 1 << 20
+
 
 def _path_value(path: Path) -> str:
     """A path as an option's value: quoted (spaces) and with ``%`` escaped (ssh expands
@@ -139,6 +142,12 @@ def connect(settings: SftpSettings, interrupter: Interrupter) -> Session:
     if settings.host_key_policy == ACCEPT_NEW:
         hostkeys.prepare_file(settings)
     ours, theirs = socket.socketpair()
+    # Room for a few write requests in the socket: with the default (about 200 KiB, less than
+    # one request of 255 KiB) every request waits for ssh to drain the last one, and the two
+    # processes take turns instead of running side by side. The kernel caps the size at
+    # net.core.wmem_max.
+    with suppress(OSError):
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
     sock = StallGuardSocket(ours.family, ours.type, 0, settings.timeout, fileno=ours.detach())
     interrupter.register(sock)
     process: subprocess.Popen[bytes] | None = None
