@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import json
 import os
@@ -857,6 +858,25 @@ def row_fleet(ctx: Context) -> RowResult:
 # --- row 7: workers
 
 
+def _beside_floor(ctx: Context, measure: Callable[[], dict[str, Any]],
+                  floor: Callable[[], dict[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float, float]:
+    """``measure`` and ``floor`` run in pairs, who goes first alternating: the runs of each,
+    the median of the pairs' ratios (time over the floor's), and the two median times."""
+    runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    for rep in range(ctx.scale.small_reps):
+        if rep % 2 == 0:
+            floors.append(floor())
+            runs.append(measure())
+        else:
+            runs.append(measure())
+            floors.append(floor())
+    ratio = _median([r["wall"] / f["wall"] for r, f in zip(runs, floors, strict=True)])
+    return (runs, floors, ratio, _median([r["wall"] for r in runs]),
+            _median([f["wall"] for f in floors]))
+
+
 def _workers_vs_floor(ctx: Context, src: Path, ids: list[str], rtt: float, lines: list[Line],
                       details: dict[str, Any]) -> None:
     """Row 2's events at each worker count, each beside a floor run of its own, repeated: the
@@ -866,18 +886,9 @@ def _workers_vs_floor(ctx: Context, src: Path, ids: list[str], rtt: float, lines
     tag = f"_rtt{1000 * rtt:g}ms" if rtt else ""
     floors: list[dict[str, Any]] = []
     for w in ctx.scale.workers:
-        runs: list[dict[str, Any]] = []
-        pairs: list[dict[str, Any]] = []
-        for rep in range(ctx.scale.small_reps):
-            order = ("floor", "uploader") if rep % 2 == 0 else ("uploader", "floor")
-            for who in order:
-                if who == "floor":
-                    pairs.append(_small_floor(ctx, src, ids, rtt))
-                else:
-                    runs.append(_small_uploader(ctx, src, ids, workers=w, rtt=rtt))
-        ratio = _median([r["wall"] / f["wall"] for r, f in zip(runs, pairs, strict=True)])
-        up_time = _median([r["wall"] for r in runs])
-        floor_time = _median([f["wall"] for f in pairs])
+        runs, pairs, ratio, up_time, floor_time = _beside_floor(
+            ctx, functools.partial(_small_uploader, ctx, src, ids, workers=w, rtt=rtt),
+            lambda: _small_floor(ctx, src, ids, rtt))
         ctx.say(f"    workers={w}{where}: {up_time:.2f} s vs {floor_time:.2f} s "
                 f"({ratio:.2f}x)")
         target = "<= 1.3x floor" if w == 1 else "< 1.0x floor"
@@ -922,18 +933,9 @@ def _split_engines_vs_floor(ctx: Context, src: Path, ids: list[str], lines: list
     each beside a floor run of its own: what parallel workers could give if they did not
     share one interpreter (and its lock) in one process."""
     for count in (w for w in ctx.scale.workers if w > 1):
-        runs: list[dict[str, Any]] = []
-        pairs: list[dict[str, Any]] = []
-        for rep in range(ctx.scale.small_reps):
-            order = ("floor", "engines") if rep % 2 == 0 else ("engines", "floor")
-            for who in order:
-                if who == "floor":
-                    pairs.append(_small_floor(ctx, src, ids))
-                else:
-                    runs.append(_split_engines(ctx, src, ids, count))
-        ratio = _median([r["wall"] / f["wall"] for r, f in zip(runs, pairs, strict=True)])
-        up_time = _median([r["wall"] for r in runs])
-        floor_time = _median([f["wall"] for f in pairs])
+        runs, pairs, ratio, up_time, floor_time = _beside_floor(
+            ctx, functools.partial(_split_engines, ctx, src, ids, count),
+            lambda: _small_floor(ctx, src, ids))
         ctx.say(f"    {count} engines in processes: {up_time:.2f} s vs {floor_time:.2f} s "
                 f"({ratio:.2f}x)")
         lines.append(Line("7", f"row 2 time, {count} engines of 1 worker, one process each",
