@@ -172,3 +172,22 @@ def test_an_open_sent_ahead_that_the_server_refuses_fails_its_own_job_with_the_s
     assert str(ahead.value) == str(direct.value)
     assert {p: p.read_bytes() for p in local} == local  # the plugin only reads them
     print(f"\nrefused open, sent ahead: {ahead.value}")
+
+
+def test_an_unused_opening_whose_video_open_was_refused_still_closes_the_json(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, tmp_path: Path) -> None:
+    plugin = make_plugin(sftp_endpoint.config_section())
+    first, blocked, instead = (write_job(tmp_path, name, 200_000)
+                               for name in ("evt_first", "evt_blocked", "evt_instead"))
+    (sftp_endpoint.local_video_dir / ".evt_blocked.mp4.part").mkdir()
+    send(plugin, first, lambda: blocked)
+    held = files_open_under(sftp_endpoint.local_video_dir, sftp_endpoint.local_json_dir)
+    assert [Path(p).name for p in held] == [".evt_blocked.json.part"]
+
+    # Another job comes next: the refusal is nobody's error, and the JSON's handle is closed.
+    assert_uploaded(sftp_endpoint.endpoint, send(plugin, instead), instead,
+                    opened_ahead=blocked)
+
+    assert looked_ahead(plugin) == (0, 1)
+    assert plugin.connections_made == 1
+    assert files_open_under(sftp_endpoint.local_video_dir, sftp_endpoint.local_json_dir) == []
