@@ -70,6 +70,7 @@ class Options:
     drain_timeout: float | None = None
     engine: str = "cli"
     workers: int = 1
+    transport: str = "paramiko"
     keep: bool = False
 
     def resolved(self) -> Options:
@@ -83,7 +84,8 @@ class Options:
             window=window, kinds=self.kinds, max_video=self.max_video,
             drain_timeout=self.drain_timeout if self.drain_timeout is not None else (
                 60.0 + self.events * 0.1),
-            engine=self.engine, workers=self.workers, keep=self.keep)
+            engine=self.engine, workers=self.workers, transport=self.transport,
+            keep=self.keep)
 
     def command(self) -> str:
         parts = [f"--seed {self.seed}", f"--events {self.events}"]
@@ -99,6 +101,8 @@ class Options:
             parts.append(f"--engine {self.engine}")
         if self.workers != 1:
             parts.append(f"--workers {self.workers}")
+        if self.transport != "paramiko":
+            parts.append(f"--transport {self.transport}")
         return "scripts/chaos " + " ".join(parts)
 
 
@@ -218,7 +222,8 @@ class _Campaign:
         sftp_section = {**dirs.config_section(), "port": sftp_proxy.port,
                         # The proxy's port is not the one known_hosts names.
                         "host_key_policy": "accept-new",
-                        "known_hosts_path": str(site / "known_hosts")}
+                        "known_hosts_path": str(site / "known_hosts"),
+                        "transport": o.transport}
         config = _engine_config(site, {**pg.config_section(), "port": db_proxy.port},
                                 sftp_section, o.workers)
         config_path = site / "uploader.yaml"
@@ -419,6 +424,8 @@ def _parser() -> argparse.ArgumentParser:
                              "tests/integration/engine_driver.py --loop")
     parser.add_argument("--workers", type=int, default=1,
                         help="the engine's uploader.workers (default 1)")
+    parser.add_argument("--transport", choices=("paramiko", "openssh"), default="paramiko",
+                        help="the engine's sftp.transport (default paramiko)")
     parser.add_argument("--workdir", type=Path,
                         help="where the device's directories go (default: a new temporary "
                              "directory, removed unless the campaign fails or --keep)")
@@ -443,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       faults=args.faults, window=args.window, kinds=args.kinds,
                       max_video=max(1, int(args.max_video_mb * 2**20)),
                       drain_timeout=args.drain_timeout, engine=args.engine,
-                      workers=args.workers, keep=args.keep)
+                      workers=args.workers, transport=args.transport, keep=args.keep)
     print(f"chaos campaign: seed {seed}", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
 
