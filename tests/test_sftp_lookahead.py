@@ -180,6 +180,7 @@ def test_an_unused_opening_whose_video_open_was_refused_still_closes_the_json(
     first, blocked, instead = (write_job(tmp_path, name, 200_000)
                                for name in ("evt_first", "evt_blocked", "evt_instead"))
     (sftp_endpoint.local_video_dir / ".evt_blocked.mp4.part").mkdir()
+    local = {p: p.read_bytes() for p in (blocked.video_path, blocked.json_path)}
     send(plugin, first, lambda: blocked)
     held = files_open_under(sftp_endpoint.local_video_dir, sftp_endpoint.local_json_dir)
     assert [Path(p).name for p in held] == [".evt_blocked.json.part"]
@@ -191,3 +192,4 @@ def test_an_unused_opening_whose_video_open_was_refused_still_closes_the_json(
     assert looked_ahead(plugin) == (0, 1)
     assert plugin.connections_made == 1
     assert files_open_under(sftp_endpoint.local_video_dir, sftp_endpoint.local_json_dir) == []
+    assert {p: p.read_bytes() for p in local} == local  # the expected job's files stay as they were
