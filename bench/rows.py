@@ -920,6 +920,8 @@ def _split_engines(ctx: Context, src: Path, ids: list[str], count: int) -> dict[
         return {"wall": max(r["finished_wall"] for r in results)
                 - min(r["started_wall"] for r in results),
                 "cpu": sum(r["cpu"] for r in results),
+                # Each process holds an interpreter of its own: what a device pays in memory.
+                "maxrss": sum(r["maxrss"] for r in results),
                 # Each engine measured the whole machine over its own run; they overlap.
                 "machine_cpu": max(r["machine_cpu"] for r in results)}
     finally:
@@ -931,18 +933,25 @@ def _split_engines_vs_floor(ctx: Context, src: Path, ids: list[str], lines: list
                             details: dict[str, Any]) -> None:
     """Row 2's events split between as many engine processes as the parallel worker counts,
     each beside a floor run of its own: what parallel workers could give if they did not
-    share one interpreter (and its lock) in one process."""
+    share one interpreter (and its lock) in one process. Also their peak memory, all
+    processes together, beside that of one process with as many workers (``details`` holds
+    those runs already)."""
     for count in (w for w in ctx.scale.workers if w > 1):
         runs, pairs, ratio, up_time, floor_time = _beside_floor(
             ctx, functools.partial(_split_engines, ctx, src, ids, count),
             lambda: _small_floor(ctx, src, ids))
         ctx.say(f"    {count} engines in processes: {up_time:.2f} s vs {floor_time:.2f} s "
                 f"({ratio:.2f}x)")
+        memory = _median([r["maxrss"] for r in runs]) / MB
+        threads = _median([r["maxrss"] for r in details[f"small_w{count}"]]) / MB
         lines.append(Line("7", f"row 2 time, {count} engines of 1 worker, one process each",
                           up_time, floor_time, "s", ratio, "reported", None,
                           f"median of {ctx.scale.small_reps} pairs; the events dealt out to "
                           f"{count} engines started together: parallel uploads without a "
-                          "shared interpreter; " + _machine_note(runs, pairs)))
+                          f"shared interpreter; peak memory of the {count} processes together "
+                          f"{memory:.0f} MB, against {threads:.0f} MB for one process with "
+                          f"workers={count}; " + _machine_note(runs, pairs),
+                          extra={"processes_mb": memory, "one_process_mb": threads}))
         details[f"small_split{count}"] = runs
         details[f"small_split{count}_floor"] = pairs
 

@@ -49,6 +49,10 @@ def test_quick_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> No
         assert [line["metric"] for line in split] == [
             f"row 2 time, {n} engines of 1 worker, one process each" for n in (2, 4)]
         assert all(line["reference"] > 0 for line in split), split
+        # Each process holds an interpreter of its own: together they take more memory than
+        # one process with as many workers.
+        assert all(line["extra"]["processes_mb"] > line["extra"]["one_process_mb"] > 0
+                   for line in split), split
 
     machine = data["machine"]
     assert machine["cores"] >= 1
