@@ -309,22 +309,22 @@ def test_upload_is_byte_identical_and_reports_its_sha256(
     assert job.video_path.exists() and job.json_path.exists()  # the plugin only reads
 
 
-def test_the_video_is_hashed_on_its_own_thread_while_it_is_sent(
+def test_the_video_is_hashed_from_the_reads_that_send_it(
         sftp_endpoint: SftpDirs, make_plugin: PluginFactory, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     plugin = make_plugin(sftp_endpoint.config_section())
     job = write_job(tmp_path / "pending", "evt_hashed", 3 * MiB + 17)
-    hashed_on: list[str] = []
+    hashed: list[tuple[str, int]] = []
     real_sha256 = hashlib.sha256
 
     class Recording:
-        """sha256 that notes which thread feeds it."""
+        """sha256 that notes which thread feeds it, and how much."""
 
         def __init__(self) -> None:
             self._hash = real_sha256()
 
         def update(self, data: Any) -> None:
-            hashed_on.append(threading.current_thread().name)
+            hashed.append((threading.current_thread().name, len(data)))
             self._hash.update(data)
 
         def copy(self) -> Any:
@@ -339,9 +339,10 @@ def test_the_video_is_hashed_on_its_own_thread_while_it_is_sent(
     monkeypatch.undo()
 
     assert_uploaded(sftp_endpoint.endpoint, receipt, job)  # the digest is the file's
-    assert len(hashed_on) >= 3  # one update per read of about 1 MiB
-    assert all(name.startswith("uploader-sftp-hash") for name in hashed_on), hashed_on
-    assert threading.current_thread().name not in hashed_on
+    assert len(hashed) >= 3  # one update per read of about 1 MiB
+    # Every byte hashed once, by the thread that reads and sends it: no hand-off per read.
+    assert sum(size for _, size in hashed) == job.video_size
+    assert {name for name, _ in hashed} == {threading.current_thread().name}
 
 
 def test_a_second_upload_replaces_the_final_files(

@@ -25,7 +25,6 @@ import logging
 import posixpath
 import secrets
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
@@ -88,8 +87,6 @@ class SftpPlugin:
         self._limiter = RateLimiter()
         self._hashes = PrefixHashes()
         self._lookahead = Lookahead()  # the next job's files, opened ahead on the session
-        # Hashes each video while it is being sent; started with the first transfer.
-        self._hashing: ThreadPoolExecutor | None = None
         self._transferring = False
         # The kept session was made with settings that have changed since: drop it at next use.
         self._session_outdated = False
@@ -147,9 +144,6 @@ class SftpPlugin:
     @hookimpl
     def uploader_shutdown(self) -> None:
         self._drop_session()
-        if self._hashing is not None:
-            self._hashing.shutdown(wait=True)
-            self._hashing = None
         # An engine that stopped may be run again: a new run starts uninterrupted.
         self._interrupter.reset()
 
@@ -173,12 +167,8 @@ class SftpPlugin:
         for attempt in (1, 2):
             self._interrupter.check(f"uploading {job.event_id}")
             session, reused = self._use_session()
-            if self._hashing is None:
-                self._hashing = ThreadPoolExecutor(max_workers=1,
-                                                   thread_name_prefix="uploader-sftp-hash")
             transfer = Transfer(session, settings, self._interrupter, progress, total,
-                                limiter=self._limiter, hashes=self._hashes,
-                                hashing=self._hashing, upcoming=upcoming,
+                                limiter=self._limiter, hashes=self._hashes, upcoming=upcoming,
                                 lookahead=self._lookahead)
             try:
                 if self._leftovers:
