@@ -246,6 +246,8 @@ def test_the_socket_towards_ssh_holds_several_write_requests(
     granted = session.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     assert granted == 2 * min(openssh._SEND_BUFFER, wmem_max)
     assert 4 * session.write_limit <= openssh._SEND_BUFFER
+    # paramiko's SFTP client waits in select() on this socket: nothing may be read ahead.
+    assert not session.sock.reads_ahead
 
 
 def test_a_kept_ssh_process_whose_link_died_is_replaced_within_the_same_job(

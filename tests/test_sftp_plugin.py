@@ -37,7 +37,7 @@ from uploader_core.errors import (
     TransientError,
 )
 from uploader_core.job import Job, TransferReceipt, nothing_upcoming
-from uploader_plugins.sftp import SftpPlugin, fastsend
+from uploader_plugins.sftp import SftpPlugin, connection, fastsend
 
 pytestmark = pytest.mark.integration
 
@@ -307,6 +307,26 @@ def test_upload_is_byte_identical_and_reports_its_sha256(
     assert [done for done, _ in calls] == sorted({done for done, _ in calls})
     assert len(calls) >= 5  # progress is reported while the video goes out, not only at the end
     assert job.video_path.exists() and job.json_path.exists()  # the plugin only reads
+
+
+def test_paramikos_transport_reads_its_socket_ahead(
+        sftp_endpoint: SftpDirs, make_plugin: PluginFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[connection.StallGuardSocket] = []
+    original = connection.open_socket
+
+    def open_socket(*args: Any, **kwargs: Any) -> connection.StallGuardSocket:
+        opened.append(original(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(connection, "open_socket", open_socket)
+    plugin = make_plugin(sftp_endpoint.config_section())
+    job = write_job(tmp_path / "pending", "evt_ahead", 2 * MiB)
+    assert_uploaded(sftp_endpoint.endpoint, transfer(plugin, job), job)
+
+    # The whole upload, handshake included, went through a socket that reads ahead.
+    [sock] = opened
+    assert sock.reads_ahead
 
 
 def test_the_video_is_hashed_from_the_reads_that_send_it(

@@ -15,6 +15,10 @@ Why each piece is here:
   and each SFTP request (through the channel's own timeout).
 - Shutting the raw socket down (``shutdown(SHUT_RDWR)``) is thread-safe and takes no Python
   lock, so it is how another thread wakes up whatever the engine's thread is blocked in.
+- paramiko reads each SSH packet with two ``recv`` calls (its first block, then the rest), and
+  the server sends many small packets: a window adjustment for every 96 KiB it takes in, and
+  an answer to every request. The TCP socket reads ahead (:class:`StallGuardSocket`), so one
+  system call usually brings several packets.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ ENDPOINT = "sftp"
 _POLL_SECONDS = 0.1
 # SSH-level keepalives keep NAT mappings of an idle connection open between passes.
 _KEEPALIVE_SECONDS = 30
+# What a read-ahead socket asks the kernel for at most: the server's packets are at most 32 KiB.
+_READ_AHEAD = 64 * 1024
 
 
 class Interrupter:
@@ -102,14 +108,38 @@ class StallGuardSocket(socket.socket):
     paramiko sets a 0.1 s timeout on the socket and retries every ``TimeoutError`` of a send;
     this raises a ``ConnectionAbortedError`` instead once nothing could be sent for the whole
     stall timeout, which paramiko reports as a lost connection.
+
+    With ``read_ahead``, ``recv`` takes what has arrived, up to 64 KiB, and hands it out in the
+    sizes asked for. Only for a reader that never waits on the socket itself (paramiko's
+    transport): what was read ahead is invisible to ``select``.
     """
 
     def __init__(self, family: int, kind: int, proto: int, stall_timeout: float,
-                 fileno: int | None = None) -> None:
+                 fileno: int | None = None, *, read_ahead: bool = False) -> None:
         super().__init__(family, kind, proto, fileno)
         self.stall_timeout = stall_timeout
         self.stalled = False
         self._stalled_since: float | None = None
+        self._read_ahead = read_ahead
+        self._ahead = b""
+        self._ahead_at = 0
+
+    @property
+    def reads_ahead(self) -> bool:
+        return self._read_ahead
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        if self._ahead_at < len(self._ahead):
+            start = self._ahead_at
+            self._ahead_at = min(start + bufsize, len(self._ahead))
+            return self._ahead[start:self._ahead_at]
+        if not self._read_ahead or flags or bufsize >= _READ_AHEAD:
+            return super().recv(bufsize, flags)
+        data = super().recv(_READ_AHEAD)
+        if len(data) <= bufsize:
+            return data
+        self._ahead, self._ahead_at = data, bufsize
+        return data[:bufsize]
 
     def send(self, data: ReadableBuffer, flags: int = 0, /) -> int:
         try:
@@ -214,7 +244,7 @@ def open_socket(settings: SftpSettings, interrupter: Interrupter) -> StallGuardS
                                   endpoint=ENDPOINT, setting=setting("host")) from exc
     last: OSError | None = None
     for family, kind, proto, _name, sockaddr in infos:
-        sock = StallGuardSocket(family, kind, proto, settings.timeout)
+        sock = StallGuardSocket(family, kind, proto, settings.timeout, read_ahead=True)
         interrupter.register(sock)
         try:
             interrupter.check(f"connecting to {address}")
