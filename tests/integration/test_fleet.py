@@ -211,7 +211,12 @@ def assert_no_engine_starved(run: FleetRun) -> None:
     """Engines progress side by side: none waits for the others to finish before it starts."""
     first = {d.name: d.first_done for d in run.devices}
     drained = {d.name: d.drained or 0.0 for d in run.devices}
-    assert all(t is not None and t <= run.elapsed / 2 for t in first.values()), first
+    # Every engine completed an event before the first of them ran out of work. An order, not
+    # a share of the run's time: the engines here are threads of one interpreter, and how its
+    # lock is handed among some hundred threads moves an engine's first event by a second
+    # from one run to the next, with the servers playing no part in it.
+    assert all(t is not None and t < min(drained.values()) for t in first.values()), \
+        (first, drained)
     assert max(drained.values()) <= 2 * min(drained.values()) + 2.0, drained
 
 
