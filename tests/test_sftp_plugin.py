@@ -405,12 +405,15 @@ def test_an_interrupted_upload_leaves_only_the_temporary_file(
         sftp_endpoint: SftpDirs, make_plugin: PluginFactory, tmp_path: Path) -> None:
     plugin = make_plugin(sftp_endpoint.config_section())
     job = write_job(tmp_path, "evt_stopped", 8 * MiB)
+    local = {p: p.read_bytes() for p in (job.video_path, job.json_path)}
 
     def stop(done: int, total: int) -> None:
         raise Interrupted("the uploader is stopping")
 
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match="the uploader is stopping"):
         transfer(plugin, job, stop)
+
+    assert {p: p.read_bytes() for p in local} == local
 
     videos = sftp_endpoint.local_video_dir
     assert not (videos / "evt_stopped.mp4").exists()
@@ -426,12 +429,19 @@ def test_a_connection_cut_mid_upload_leaves_only_the_temporary_file(
         make_plugin: PluginFactory, tmp_path: Path) -> None:
     plugin = make_plugin(via_proxy)
     job = write_job(tmp_path, "evt_cut", 16 * MiB)
+    local = {p: p.read_bytes() for p in (job.video_path, job.json_path)}
     proxy.cut_after = 6 * MiB
 
     with pytest.raises(EndpointUnavailable) as caught:
         transfer(plugin, job)
 
     assert caught.value.endpoint == "sftp"
+    # What was being done, to which file, and that the connection went.
+    assert ".evt_cut.mp4.part" in str(caught.value), caught.value
+    assert "connection to the SFTP server lost" in str(caught.value), caught.value
+    # paramiko's socket reads ahead: what it had taken in when the link went is dropped with
+    # the connection, and the local package is as it was.
+    assert {p: p.read_bytes() for p in local} == local
     videos = sftp_endpoint.local_video_dir
     assert not (videos / "evt_cut.mp4").exists()
     assert (videos / ".evt_cut.mp4.part").stat().st_size < job.video_size
