@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import logs, signals, status
+from . import cpu, logs, signals, status
 from .config import apply_environment, load_file
 from .control import ControlServer
 from .control_client import ControlConnection, ControlError, EngineNotRunning, PermissionDenied
@@ -109,6 +109,7 @@ def _serve(engine: DataUploader) -> int:
 
 
 def _run(engine: DataUploader, once: bool) -> int:
+    cpu.apply(engine.settings["cpu_affinity"])
     if not once:
         # Before anything shows that the service is up (the queue's lock, the socket): a
         # SIGHUP or SIGTERM from then on is a reload or a stop, never the default kill.

@@ -16,6 +16,7 @@ from typing import Any, Union
 
 import yaml
 
+from . import cpu
 from .errors import ConfigurationError, InvalidConfiguration
 
 _REQUIRED: Any = object()
@@ -126,6 +127,10 @@ CORE_SECTION: Section = {
                                 minimum=2),
     "workers": Field(int, 1, "jobs uploaded in parallel, each with its own connections",
                      minimum=1, maximum=16),
+    "cpu_affinity": Field(str, cpu.ONE, "one: the service's threads share the CPU it starts "
+                          "on (the interpreter runs one thread at a time, and handing it "
+                          "between CPUs costs more than it gains); inherited: leave them to "
+                          "the kernel", choices=cpu.CHOICES),
     "log_level": Field(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     "watch_pending_dir": Field(bool, True, "start a pass as soon as a new package settles "
                                "(inotify); the periodic scan stays as the safety net"),

@@ -309,7 +309,7 @@ class DataUploader:
             new = validate(self._reload_config(), self._host.config_sections())
             # The workers' plugin instances and threads are made when the engine is built.
             for key in ("pending_upload_dir", "uploaded_dir", "failed_dir", "plugins", "metrics",
-                        "control", "workers"):
+                        "control", "workers", "cpu_affinity"):
                 if new[key] != self.settings[key]:
                     log.warning("uploader.%s changed; it takes effect after a restart", key)
                     new[key] = self.settings[key]

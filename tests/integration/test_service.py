@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,3 +115,55 @@ def test_new_events_upload_within_a_second_of_settling(site: Site) -> None:
     print(f"\nsettled -> completed: p50 {statistics.median(latencies):.2f} s, "
           f"max {max(latencies):.2f} s over {len(latencies)} events (scan interval 1 h)")
     assert not runner.is_alive()
+
+
+def _thread_cpus(pid: int) -> dict[str, str]:
+    """Each thread of a process, by name and id: the CPUs it may run on (as the kernel says)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            fields = dict(line.split(":\t", 1) for line in
+                          (task / "status").read_text().splitlines() if ":\t" in line)
+            found[f"{fields['Name']}/{task.name}"] = fields["Cpus_allowed_list"].strip()
+    return found
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    """The kernel's way of writing a set of CPUs (``0-3,6``)."""
+    ranges: list[list[int]] = []
+    for c in sorted(cpus):
+        if ranges and c == ranges[-1][1] + 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs or more")
+@pytest.mark.parametrize("setting", ["one", "inherited"])
+def test_the_service_keeps_its_threads_on_one_cpu_unless_told_otherwise(
+        site: Site, setting: str) -> None:
+    from uploader_core.testing import write_package
+
+    site.config["uploader"]["cpu_affinity"] = setting
+    config = site.write_config()
+    engine = subprocess.Popen([sys.executable, "-m", "uploader_core.cli", "run", "-c",
+                               str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        write_package(site.pending, "evt_cpu")
+        wait_for(lambda: (site.uploaded / "evt_cpu.json").exists(), what="an upload")
+        # Its connections are open now, the SSH transport's reader among their threads.
+        threads = _thread_cpus(engine.pid)
+    finally:
+        engine.terminate()
+        _, err = engine.communicate(timeout=30)
+    assert engine.returncode == 0, err
+    assert len(threads) >= 4, threads
+    given = _cpu_list(os.sched_getaffinity(0))
+    if setting == "inherited":
+        assert set(threads.values()) == {given}, threads
+        assert "engine threads on CPU" not in err
+        return
+    [chosen] = set(threads.values())
+    assert chosen.isdigit() and int(chosen) in os.sched_getaffinity(0), threads
+    assert f"engine threads on CPU {chosen} of " in err
