@@ -96,7 +96,7 @@ def _current_rss_bytes() -> int:
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    from uploader_core import DataUploader, logs
+    from uploader_core import DataUploader, cpu, logs
     from uploader_core.monitor import EventKind
 
     config = spec["config"]
@@ -116,6 +116,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     machine0 = machine_busy_seconds()
     t0 = time.perf_counter()
     engine = DataUploader(config)
+    # As `uploader run` does: the service's threads on one CPU unless configured otherwise.
+    cpu.apply(engine.settings["cpu_affinity"])
     marks["constructed"] = time.perf_counter() - t0
     out["rss_after_construct"] = _current_rss_bytes()
 
@@ -200,6 +202,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "marks": marks,
         "phase_seconds": phase_seconds,
         "connections_made": getattr(engine.plugin("sftp"), "connections_made", None),
+        # The CPUs the engine's threads ran on (uploader.cpu_affinity).
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     })
     return out
 

@@ -377,7 +377,8 @@ def row_large_file(ctx: Context) -> RowResult:
 
 def _small_uploader(ctx: Context, src: Path, ids: list[str], workers: int | None = None,
                     profile_name: str | None = None, rtt: float = 0.0,
-                    transport: str | None = None) -> dict[str, Any]:
+                    transport: str | None = None,
+                    cpu_affinity: str | None = None) -> dict[str, Any]:
     pg, sftp = _fresh(ctx, "small")
     root = ctx.scratch / ctx.bench.unique("small")
     try:
@@ -386,7 +387,9 @@ def _small_uploader(ctx: Context, src: Path, ids: list[str], workers: int | None
             site = Site(root, seen_pg, seen_sftp)
             site.make_dirs()
             link_packages(src, site.pending, ids)
-            extra = {} if workers is None else {"workers": workers}
+            extra: dict[str, Any] = {} if workers is None else {"workers": workers}
+            if cpu_affinity is not None:
+                extra["cpu_affinity"] = cpu_affinity
             spec = {"config": _settled_config(site, transport, **extra)}
             if profile_name:
                 _profile(ctx, profile_name, spec, site.root)
@@ -396,7 +399,7 @@ def _small_uploader(ctx: Context, src: Path, ids: list[str], workers: int | None
         return {"wall": result["wall"], "cpu": result["cpu"], "maxrss": result["maxrss"],
                 "connections": result.get("connections_made"), "cipher": result["cipher"],
                 "phase_seconds": result.get("phase_seconds", {}),
-                "machine_cpu": result.get("machine_cpu", 0.0)}
+                "machine_cpu": result.get("machine_cpu", 0.0), "cpus": result.get("cpus")}
     finally:
         _cleanup(ctx, pg, sftp, root)
 
@@ -471,20 +474,23 @@ def row_small_events(ctx: Context) -> RowResult:
     src, ids = _small_source(ctx, n, ctx.scale.small_video)
     ours: list[dict[str, Any]] = []
     piped: list[dict[str, Any]] = []  # transport openssh
+    spread: list[dict[str, Any]] = []  # cpu_affinity inherited: threads on any CPU
     floors: list[dict[str, Any]] = []
     try:
         for rep in range(ctx.scale.small_reps):
-            order = ("uploader", "floor", "piped")
-            for who in order[rep % 3:] + order[: rep % 3]:
+            order = ("uploader", "floor", "piped", "spread")
+            for who in order[rep % 4:] + order[: rep % 4]:
                 if who == "uploader":
                     ours.append(_small_uploader(ctx, src, ids))
                 elif who == "piped":
                     piped.append(_small_uploader(ctx, src, ids, transport="openssh"))
+                elif who == "spread":
+                    spread.append(_small_uploader(ctx, src, ids, cpu_affinity="inherited"))
                 else:
                     floors.append(_small_floor(ctx, src, ids))
             ctx.say(f"    rep {rep + 1}: uploader {ours[-1]['wall']:.2f} s (transport openssh "
-                    f"{piped[-1]['wall']:.2f} s), OpenSSH batch {floors[-1]['wall']:.2f} s "
-                    f"for {n} events")
+                    f"{piped[-1]['wall']:.2f} s, threads on any CPU {spread[-1]['wall']:.2f} s), "
+                    f"OpenSSH batch {floors[-1]['wall']:.2f} s for {n} events")
         base_ids = ids[: ctx.scale.baseline_events]
         base = _small_baseline(ctx, src, base_ids)
         ctx.say(f"    baseline: {len(base_ids)} events in {base['wall']:.2f} s")
@@ -496,6 +502,8 @@ def row_small_events(ctx: Context) -> RowResult:
         floor_cpu = _median([r["cpu"] for r in floors])
         piped_time = _median([r["wall"] for r in piped])
         piped_cpu = _median([r["cpu"] for r in piped])
+        spread_time = _median([r["wall"] for r in spread])
+        spread_cpu = _median([r["cpu"] for r in spread])
         phases = _per_event_phases(ours, n)
         ctx.say(f"    uploader per event: {phases}; OpenSSH batch {1000 * floor_time / n:.1f} ms")
         size = _fmt_bytes(ctx.scale.small_video)
@@ -518,10 +526,16 @@ def row_small_events(ctx: Context) -> RowResult:
             Line("2", "CPU seconds for the batch, transport openssh", piped_cpu, floor_cpu, "s",
                  piped_cpu / floor_cpu, "", None,
                  "the uploader's process and its ssh client; " + _machine_note(piped, floors)),
+            Line("2", "time vs the floor, 1 worker, threads on any CPU", spread_time,
+                 floor_time, "s", spread_time / floor_time, "reported", None,
+                 f"median of {ctx.scale.small_reps}; uploader.cpu_affinity: inherited (the "
+                 f"default keeps the engine's threads on one CPU), same runs; its CPU "
+                 f"{spread_cpu:.2f} s against {up_cpu:.2f} s; " + _machine_note(spread, floors)),
         ]
         if ctx.profile_dir is not None and not all(line.met for line in lines[:2]):
             _small_uploader(ctx, src, ids, profile_name="row2")
-        return RowResult(lines, {"uploader": ours, "transport_openssh": piped, "floor": floors,
+        return RowResult(lines, {"uploader": ours, "transport_openssh": piped,
+                                 "cpu_affinity_inherited": spread, "floor": floors,
                                  "baseline": base})
     finally:
         shutil.rmtree(src, ignore_errors=True)

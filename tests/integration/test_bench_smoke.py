@@ -8,6 +8,7 @@ with the machine's description.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,16 @@ def test_quick_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> No
     assert {line["row"] for line in measured} >= {"1", "2", "3", "4", "5", "6"}
     for line in measured:
         assert line["uploader"] is not None and line["uploader"] > 0, line
+    # Row 2 runs the engine as the service does, its threads on one CPU, and beside that
+    # with them left to the kernel (uploader.cpu_affinity: inherited).
+    [spread] = [line for line in measured if line["metric"].endswith("threads on any CPU")]
+    assert spread["reference"] > 0
+    ours, spread_runs = (data["details"]["2"][key]
+                         for key in ("uploader", "cpu_affinity_inherited"))
+    allowed = sorted(os.sched_getaffinity(0))
+    for run in ours:
+        assert len(run["cpus"]) == 1 and run["cpus"][0] in allowed, (run["cpus"], allowed)
+    assert all(run["cpus"] == allowed for run in spread_runs), spread_runs
     # The ssh client of transport openssh is found and measured beside the uploader.
     [piped_rss] = [line for line in rows if line["row"] == "4" and "openssh" in line["metric"]]
     assert piped_rss["extra"]["ssh_client_mb"] > 0
