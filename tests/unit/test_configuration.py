@@ -29,11 +29,13 @@ def test_every_problem_is_named_by_its_key_path(tmp_path: Path) -> None:
     config = base_config(tmp_path, scan_interval_seconds="abc", settle_seconds=-1,
                          retry={"initial_backoff_seconds": True})
     config["uploader"]["log_level"] = "LOUD"
+    config["uploader"]["cpu_affinity"] = "all"
     problems = problems_of(config)
     assert "uploader.scan_interval_seconds: expected a number, got 'abc'" in problems
     assert "uploader.settle_seconds: must be at least 0, got -1.0" in problems
     assert "uploader.retry.initial_backoff_seconds: expected a number, got True" in problems
     assert any(p.startswith("uploader.log_level: must be one of") for p in problems)
+    assert "uploader.cpu_affinity: must be one of 'one', 'inherited', got 'all'" in problems
 
 
 def test_unknown_key_suggests_the_nearest_valid_name(tmp_path: Path) -> None:
