@@ -55,12 +55,13 @@ def _threads() -> set[int]:
         return {threading.get_native_id()}
 
 
-def confine_to_one_cpu() -> int | None:
+def confine_to_one_cpu() -> tuple[int, set[int]] | None:
     """Put every thread of this process, and so every thread and process they start, on one
     CPU of those it may run on.
 
-    Returns the CPU; None where there is nothing to choose (one CPU allowed) or no way to
-    set affinities. Raises :class:`OSError` if the kernel refuses.
+    Returns the CPU and those it could have run on; None where there is nothing to choose
+    (one CPU allowed) or no way to set affinities. Raises :class:`OSError` if the kernel
+    refuses.
     """
     if not hasattr(os, "sched_setaffinity"):
         return None
@@ -79,19 +80,19 @@ def confine_to_one_cpu() -> int | None:
             with suppress(ProcessLookupError):  # the thread ended meanwhile
                 os.sched_setaffinity(tid, {cpu})
         done |= todo
-    return cpu
+    return cpu, allowed
 
 
 def apply(setting: str) -> None:
     """Apply ``uploader.cpu_affinity`` to this process; say what it runs on."""
     if setting != ONE:
         return
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     try:
-        cpu = confine_to_one_cpu()
+        confined = confine_to_one_cpu()
     except OSError as exc:
         log.warning("cannot keep the engine's threads on one CPU (%s); they run on any CPU "
                     "they may use", exc.strerror or exc)
         return
-    if cpu is not None:
+    if confined is not None:
+        cpu, allowed = confined
         log.info("engine threads on CPU %d of %s", cpu, ",".join(map(str, sorted(allowed))))
