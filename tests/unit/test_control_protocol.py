@@ -256,10 +256,12 @@ def test_job_details_never_follow_a_symlink(served: Served, tmp_path: Path) -> N
 
 
 def test_subscribers_see_phases_progress_and_outcomes_in_order(served: Served) -> None:
-    write_package(served.pending, "evt_s")
     with Running(served.engine), ControlConnection(served.path) as connection:
         assert connection.request("subscribe")["snapshot"]["state"] in ("starting", "idle",
                                                                           "running")
+        # Written once subscribed: a job already under way would have shown its first phase
+        # to no one.
+        write_package(served.pending, "evt_s")
         kinds = []
         deadline = time.monotonic() + DEADLINE
         while "completed" not in kinds:
