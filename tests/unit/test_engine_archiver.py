@@ -23,7 +23,7 @@ HOLD_TIMEOUT = 5.0  # a held move gives up after this: a test fails instead of h
 class Moves:
     """Wraps ``filing.move_into``: records each move and can hold or fail chosen ones."""
 
-    def __init__(self, real: Callable[[Path, Path], Path]) -> None:
+    def __init__(self, real: Callable[..., Path]) -> None:
         self._real = real
         self._lock = threading.Lock()
         self.log: list[str] = []  # "start:<name>" and "end:<name>", in order
@@ -46,7 +46,8 @@ class Moves:
         with self._lock:
             self.log.append(entry)
 
-    def __call__(self, src: Path, directory: Path) -> Path:
+    def __call__(self, src: Path, directory: Path,
+                 syncs: filing.DirectorySyncs | None = None) -> Path:
         name = src.name
         self.threads[name] = threading.get_ident()
         self.note(f"start:{name}")
@@ -58,7 +59,7 @@ class Moves:
             failure = self.failures.pop(name, None)
             if failure is not None:
                 raise failure
-            return self._real(src, directory)
+            return self._real(src, directory, syncs)
         finally:
             self.note(f"end:{name}")
 
@@ -122,9 +123,8 @@ def test_next_job_is_transferred_while_the_previous_archive_is_still_moving(
     assert moves.threads["evt_1.mp4"] != threading.get_ident()
     assert [(r.event_id, r.outcome) for r in results] == [("evt_1", Outcome.COMPLETED),
                                                           ("evt_2", Outcome.COMPLETED)]
-    # Video before JSON, one job after the other.
-    ends = [e for e in moves.log if e.startswith("end:")]
-    assert ends == ["end:evt_1.mp4", "end:evt_1.json", "end:evt_2.mp4", "end:evt_2.json"]
+    for event_id in ("evt_1", "evt_2"):
+        assert moves.log.index(f"end:{event_id}.mp4") < moves.log.index(f"start:{event_id}.json")
     assert all_bytes(rig.uploaded) == originals
     assert visible(rig.pending) == []
     assert rig.remote.uploads == 2
@@ -390,3 +390,145 @@ def test_a_side_thread_hands_back_outcomes_in_order_and_bounds_the_work() -> Non
     assert outcomes[0].finished <= outcomes[1].finished <= outcomes[2].finished
     assert seen == [1, 3]
     assert len(archiver) == 0
+
+
+class Told:
+    """A plugin that notes in ``moves.log`` when it hears that a job is archived."""
+
+    def __init__(self, moves: Moves) -> None:
+        self.moves = moves
+
+    @hookimpl
+    def post_archive(self, job: Job) -> None:
+        self.moves.note(f"told:{job.event_id}")
+
+
+def test_archive_moves_share_fsyncs_and_each_video_is_durable_before_its_json_moves(
+    tmp_path: Path, moves: Moves, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = rig_with(tmp_path, ("told", Told(moves)))
+    originals = packages(rig, 6)
+    last_transfer = threading.Event()
+    real_fsync = filing.fsync_dir
+    fsyncs: list[str] = []
+
+    def fsync_dir(directory: Path) -> None:
+        # The first batch's fsync lasts until the last job is being transferred, as on a slow
+        # card: the jobs completed meanwhile wait for the archiver.
+        if not fsyncs and not last_transfer.wait(HOLD_TIMEOUT):
+            moves.timed_out.append("fsync")
+        fsyncs.append(directory.name)
+        moves.note(f"fsync:{directory.name}")
+        real_fsync(directory)
+
+    def transfer(job: Job) -> None:
+        if job.event_id == "evt_6":
+            last_transfer.set()
+
+    monkeypatch.setattr(filing, "fsync_dir", fsync_dir)
+    rig.remote.during_transfer = transfer
+
+    results = rig.engine.run_once()
+
+    assert moves.timed_out == []
+    assert [r.outcome for r in results] == [Outcome.COMPLETED] * 6
+    assert all_bytes(rig.uploaded) == originals
+    assert visible(rig.pending) == []
+    # One job at a time took 4 fsyncs each (24); here the jobs that waited share them: the
+    # first job alone, then at most two batches.
+    assert 4 <= len(fsyncs) <= 12, fsyncs
+    log = moves.log
+
+    def synced_between(start: int, end: int) -> bool:
+        """Both directories synced in log[start:end], the archive first."""
+        between = log[start:end]
+        return ("fsync:uploaded" in between and "fsync:pending" in between
+                and between.index("fsync:uploaded") < between.index("fsync:pending"))
+
+    for i in range(1, 7):
+        video_moved = log.index(f"end:evt_{i}.mp4")
+        json_moving = log.index(f"start:evt_{i}.json")
+        json_moved = log.index(f"end:evt_{i}.json")
+        told = log.index(f"told:evt_{i}")
+        assert synced_between(video_moved, json_moving), (i, log)
+        assert synced_between(json_moved, told), (i, log)
+
+
+def test_a_batched_side_thread_runs_what_waited_in_one_call_and_hands_back_each_outcome(
+) -> None:
+    started = threading.Event()
+    gate = threading.Event()
+    batches: list[list[int]] = []
+
+    def move(items: list[int]) -> list[int | BaseException]:
+        batches.append(list(items))
+        started.set()
+        gate.wait(HOLD_TIMEOUT)
+        return [OSError(errno.ENOSPC, "No space left on device") if n == 3 else n * 10
+                for n in items]
+
+    archiver: SideThread[int, int] = SideThread.batched(move, name="test-archiver", limit=8)
+    archiver.submit(1)
+    assert started.wait(HOLD_TIMEOUT)
+    for n in (2, 3, 4):
+        archiver.submit(n)
+    assert len(archiver) == 4
+    gate.set()
+    outcomes: list[Any] = []
+    while (done := archiver.next_done(wait=True)) is not None:
+        outcomes.append(done)
+    archiver.close()
+
+    assert batches == [[1], [2, 3, 4]]
+    assert [o.item for o in outcomes] == [1, 2, 3, 4]
+    assert [o.value for o in outcomes] == [10, 20, None, 40]
+    assert [type(o.error) for o in outcomes] == [type(None), type(None), OSError, type(None)]
+
+
+@pytest.mark.parametrize("wrong", ["raises", "miscounts"])
+def test_a_batch_that_fails_as_a_whole_fails_each_of_its_items(wrong: str) -> None:
+    def move(items: list[int]) -> list[int | BaseException]:
+        if wrong == "raises":
+            raise ValueError("a bug")
+        return []
+
+    archiver: SideThread[int, int] = SideThread.batched(move, name="test-archiver", limit=8)
+    archiver.submit(1)
+    first = archiver.next_done(wait=True)
+    archiver.close()
+
+    assert first is not None and first.item == 1 and first.value is None
+    assert isinstance(first.error, ValueError if wrong == "raises" else RuntimeError)
+    assert archiver.next_done() is None
+
+
+@pytest.mark.parametrize("ended_by", ["awaited", "closed", "full"])
+def test_a_lingering_side_thread_waits_for_more_until_its_outcome_is_wanted(
+    ended_by: str
+) -> None:
+    batches: list[list[int]] = []
+
+    def move(items: list[int]) -> list[int | BaseException]:
+        batches.append(list(items))
+        return list(items)
+
+    archiver: SideThread[int, int] = SideThread.batched(
+        move, name="test-archiver", limit=3, linger=4 * HOLD_TIMEOUT)
+    archiver.submit(1)
+    archiver.submit(2)
+    time.sleep(0.2)
+    assert batches == [], "it lingers for more"
+    started = time.monotonic()
+    if ended_by == "awaited":
+        first = archiver.next_done(wait=True)
+        assert first is not None and first.value == 1
+    elif ended_by == "closed":
+        archiver.close()
+    else:
+        archiver.submit(3)
+        while not batches and time.monotonic() - started < HOLD_TIMEOUT:
+            time.sleep(0.01)
+    archiver.close()
+
+    assert time.monotonic() - started < HOLD_TIMEOUT, "it lingered on"
+    assert batches == ([[1, 2, 3]] if ended_by == "full" else [[1, 2]])
