@@ -893,16 +893,22 @@ class DataUploader:
 
         Their results go to the pass under way, in the order the jobs were handed over.
         """
+        bug: BaseException | None = None
         while (done := self._worker.archiver.next_done(wait=wait)) is not None:
             job = done.item.job
             if isinstance(done.error, OSError):
                 result = self._archive_failed(job, done.error)
             elif done.error is not None:
-                raise done.error  # a bug: it ends the pass as it would inline
+                # A bug: it ends the pass as it would inline, once the jobs moved with it are
+                # told, so that no outcome is left over for the next pass.
+                bug = bug or done.error
+                continue
             else:
                 result = self._archived(job, bool(done.value),
                                         done.finished - done.item.started)
             self._add_result(result)
+        if bug is not None:
+            raise bug
 
     def _write_archived_document(self, job: Job) -> None:
         dest = self.uploaded_dir / f"{job.event_id}{JSON_SUFFIX}"

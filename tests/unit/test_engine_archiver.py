@@ -30,7 +30,7 @@ class Moves:
         self.threads: dict[str, int] = {}  # file name -> thread that moved it
         self.started: dict[str, threading.Event] = {}
         self.holds: dict[str, threading.Event] = {}
-        self.failures: dict[str, OSError] = {}
+        self.failures: dict[str, BaseException] = {}
         self.timed_out: list[str] = []
 
     def hold(self, name: str) -> threading.Event:
@@ -187,6 +187,26 @@ def test_a_failing_archive_move_is_retried_without_another_upload(
     assert rig.remote.uploads == uploads, "a completed upload is not sent again"
     assert all_bytes(rig.uploaded) == originals
     assert visible(rig.pending) == []
+
+
+def test_a_bug_in_the_middle_of_the_moves_ends_the_pass_and_the_next_pass_finishes_them(
+    rig: Rig, moves: Moves
+) -> None:
+    originals = packages(rig, 3)
+    moves.failures["evt_2.json"] = ValueError("a bug in a move")
+
+    with pytest.raises(ValueError, match="a bug in a move"):
+        rig.engine.run_once()
+
+    assert all_bytes(rig.pending) | all_bytes(rig.uploaded) == originals
+    assert "evt_2.json" in visible(rig.pending), "the trigger stays until it is archived"
+    second = rig.engine.run_once()
+
+    assert {r.event_id for r in second} >= {"evt_2"}
+    assert all(r.outcome is Outcome.COMPLETED for r in second)
+    assert all_bytes(rig.uploaded) == originals
+    assert visible(rig.pending) == []
+    assert rig.remote.uploads == 3, "nothing is uploaded twice"
 
 
 def test_hooks_and_monitor_hear_of_an_archive_on_the_engine_thread(
